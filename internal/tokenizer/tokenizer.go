@@ -48,8 +48,22 @@ type Decoder struct {
 	started bool // a non-special token has been decoded
 }
 
-// NewDecoder returns a Decoder for t.
+// NewDecoder returns a Decoder for t that decodes text from its start.
 func NewDecoder(t Tokenizer) *Decoder { return &Decoder{tok: t} }
+
+// NewDecoderAfter returns a Decoder for tokens that continue prev (a
+// prompt): when prev holds text, the first decoded token is not the start
+// of the text, so SentencePiece keeps its leading space.
+func NewDecoderAfter(t Tokenizer, prev []int32) *Decoder {
+	d := &Decoder{tok: t}
+	for _, id := range prev {
+		if !t.IsSpecial(id) {
+			d.started = true
+			break
+		}
+	}
+	return d
+}
 
 // Add decodes one more token and returns the text that is now complete.
 func (d *Decoder) Add(id int32) string {
@@ -62,7 +76,7 @@ func (d *Decoder) Add(id int32) string {
 	if n == 0 {
 		return ""
 	}
-	s := string(d.pending[:n])
+	s := toValidUTF8(d.pending[:n])
 	d.pending = append(d.pending[:0], d.pending[n:]...)
 	return s
 }
@@ -79,7 +93,8 @@ func (d *Decoder) Flush() string {
 
 // completePrefix returns the length of the longest prefix of b that does not
 // end inside a UTF-8 sequence that could still complete. Invalid bytes are
-// let through (they become U+FFFD when converted), a truncated but possibly
+// let through (the caller turns them into U+FFFD, as Flush does, so where a
+// token boundary falls never changes the text); a truncated but possibly
 // valid tail is held.
 func completePrefix(b []byte) int {
 	// Look at most 3 bytes back for the start of an incomplete sequence.

@@ -74,7 +74,7 @@ func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheEvent_Kind.Descriptor instead.
 func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18, 0}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20, 0}
 }
 
 type InfoRequest struct {
@@ -845,6 +845,7 @@ type GenerateRequest struct {
 	//
 	//	*GenerateRequest_Text
 	//	*GenerateRequest_Tokens
+	//	*GenerateRequest_Chat
 	Prompt        isGenerateRequest_Prompt `protobuf_oneof:"prompt"`
 	Sampling      *SamplingParams          `protobuf:"bytes,5,opt,name=sampling,proto3" json:"sampling,omitempty"`
 	MaxTokens     int32                    `protobuf:"varint,6,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
@@ -922,6 +923,15 @@ func (x *GenerateRequest) GetTokens() *TokenIDs {
 	return nil
 }
 
+func (x *GenerateRequest) GetChat() *ChatPrompt {
+	if x != nil {
+		if x, ok := x.Prompt.(*GenerateRequest_Chat); ok {
+			return x.Chat
+		}
+	}
+	return nil
+}
+
 func (x *GenerateRequest) GetSampling() *SamplingParams {
 	if x != nil {
 		return x.Sampling
@@ -958,9 +968,113 @@ type GenerateRequest_Tokens struct {
 	Tokens *TokenIDs `protobuf:"bytes,4,opt,name=tokens,proto3,oneof"`
 }
 
+type GenerateRequest_Chat struct {
+	// Chat messages are rendered by the node with the model's own chat
+	// template (or a fallback), then tokenized.
+	Chat *ChatPrompt `protobuf:"bytes,8,opt,name=chat,proto3,oneof"`
+}
+
 func (*GenerateRequest_Text) isGenerateRequest_Prompt() {}
 
 func (*GenerateRequest_Tokens) isGenerateRequest_Prompt() {}
+
+func (*GenerateRequest_Chat) isGenerateRequest_Prompt() {}
+
+type ChatMessage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Content       string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatMessage) Reset() {
+	*x = ChatMessage{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatMessage) ProtoMessage() {}
+
+func (x *ChatMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
+func (*ChatMessage) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ChatMessage) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ChatMessage) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+type ChatPrompt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*ChatMessage         `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatPrompt) Reset() {
+	*x = ChatPrompt{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatPrompt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatPrompt) ProtoMessage() {}
+
+func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatPrompt.ProtoReflect.Descriptor instead.
+func (*ChatPrompt) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ChatPrompt) GetMessages() []*ChatMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
 
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -975,7 +1089,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1101,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1114,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{11}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GenerateResponse) GetMsg() isGenerateResponse_Msg {
@@ -1057,7 +1171,7 @@ type TokenDelta struct {
 
 func (x *TokenDelta) Reset() {
 	*x = TokenDelta{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1183,7 @@ func (x *TokenDelta) String() string {
 func (*TokenDelta) ProtoMessage() {}
 
 func (x *TokenDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +1196,7 @@ func (x *TokenDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenDelta.ProtoReflect.Descriptor instead.
 func (*TokenDelta) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{12}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TokenDelta) GetIds() []int32 {
@@ -1110,7 +1224,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1236,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1249,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -1170,7 +1284,7 @@ type Final struct {
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1296,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1309,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Final) GetUsage() *Usage {
@@ -1221,7 +1335,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1347,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1360,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterRequest) GetInfo() *NodeInfo {
@@ -1267,7 +1381,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1393,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1406,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterResponse) GetNodeName() string {
@@ -1322,7 +1436,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1448,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1461,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeLoad) GetInFlight() int32 {
@@ -1390,7 +1504,7 @@ type CacheEvent struct {
 
 func (x *CacheEvent) Reset() {
 	*x = CacheEvent{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1516,7 @@ func (x *CacheEvent) String() string {
 func (*CacheEvent) ProtoMessage() {}
 
 func (x *CacheEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1529,7 @@ func (x *CacheEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
 func (*CacheEvent) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CacheEvent) GetKind() CacheEvent_Kind {
@@ -1455,7 +1569,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1581,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1594,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HeartbeatRequest) GetNodeName() string {
@@ -1541,7 +1655,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1667,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1680,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HeartbeatResponse) GetAckSeq() uint64 {
@@ -1653,18 +1767,25 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x10presence_penalty\x18\b \x01(\x02R\x0fpresencePenaltyB\a\n" +
 	"\x05_seed\"\x1c\n" +
 	"\bTokenIDs\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\x81\x02\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xaf\x02\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
 	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12.\n" +
-	"\x06tokens\x18\x04 \x01(\v2\x14.npumesh.v1.TokenIDsH\x00R\x06tokens\x126\n" +
+	"\x06tokens\x18\x04 \x01(\v2\x14.npumesh.v1.TokenIDsH\x00R\x06tokens\x12,\n" +
+	"\x04chat\x18\b \x01(\v2\x16.npumesh.v1.ChatPromptH\x00R\x04chat\x126\n" +
 	"\bsampling\x18\x05 \x01(\v2\x1a.npumesh.v1.SamplingParamsR\bsampling\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x06 \x01(\x05R\tmaxTokens\x12\x12\n" +
 	"\x04stop\x18\a \x03(\tR\x04stopB\b\n" +
-	"\x06prompt\"t\n" +
+	"\x06prompt\";\n" +
+	"\vChatMessage\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\"A\n" +
+	"\n" +
+	"ChatPrompt\x123\n" +
+	"\bmessages\x18\x01 \x03(\v2\x17.npumesh.v1.ChatMessageR\bmessages\"t\n" +
 	"\x10GenerateResponse\x12.\n" +
 	"\x05delta\x18\x01 \x01(\v2\x16.npumesh.v1.TokenDeltaH\x00R\x05delta\x12)\n" +
 	"\x05final\x18\x02 \x01(\v2\x11.npumesh.v1.FinalH\x00R\x05finalB\x05\n" +
@@ -1733,7 +1854,7 @@ func file_npumesh_v1_npumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_npumesh_v1_npumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_npumesh_v1_npumesh_proto_goTypes = []any{
 	(CacheEvent_Kind)(0),       // 0: npumesh.v1.CacheEvent.Kind
 	(*InfoRequest)(nil),        // 1: npumesh.v1.InfoRequest
@@ -1747,16 +1868,18 @@ var file_npumesh_v1_npumesh_proto_goTypes = []any{
 	(*SamplingParams)(nil),     // 9: npumesh.v1.SamplingParams
 	(*TokenIDs)(nil),           // 10: npumesh.v1.TokenIDs
 	(*GenerateRequest)(nil),    // 11: npumesh.v1.GenerateRequest
-	(*GenerateResponse)(nil),   // 12: npumesh.v1.GenerateResponse
-	(*TokenDelta)(nil),         // 13: npumesh.v1.TokenDelta
-	(*Usage)(nil),              // 14: npumesh.v1.Usage
-	(*Final)(nil),              // 15: npumesh.v1.Final
-	(*RegisterRequest)(nil),    // 16: npumesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),   // 17: npumesh.v1.RegisterResponse
-	(*NodeLoad)(nil),           // 18: npumesh.v1.NodeLoad
-	(*CacheEvent)(nil),         // 19: npumesh.v1.CacheEvent
-	(*HeartbeatRequest)(nil),   // 20: npumesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),  // 21: npumesh.v1.HeartbeatResponse
+	(*ChatMessage)(nil),        // 12: npumesh.v1.ChatMessage
+	(*ChatPrompt)(nil),         // 13: npumesh.v1.ChatPrompt
+	(*GenerateResponse)(nil),   // 14: npumesh.v1.GenerateResponse
+	(*TokenDelta)(nil),         // 15: npumesh.v1.TokenDelta
+	(*Usage)(nil),              // 16: npumesh.v1.Usage
+	(*Final)(nil),              // 17: npumesh.v1.Final
+	(*RegisterRequest)(nil),    // 18: npumesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),   // 19: npumesh.v1.RegisterResponse
+	(*NodeLoad)(nil),           // 20: npumesh.v1.NodeLoad
+	(*CacheEvent)(nil),         // 21: npumesh.v1.CacheEvent
+	(*HeartbeatRequest)(nil),   // 22: npumesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),  // 23: npumesh.v1.HeartbeatResponse
 }
 var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	3,  // 0: npumesh.v1.NodeInfo.accelerators:type_name -> npumesh.v1.Accelerator
@@ -1765,31 +1888,33 @@ var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	5,  // 3: npumesh.v1.Telemetry.sensors:type_name -> npumesh.v1.Sensor
 	6,  // 4: npumesh.v1.ListModelsResponse.models:type_name -> npumesh.v1.ModelInfo
 	10, // 5: npumesh.v1.GenerateRequest.tokens:type_name -> npumesh.v1.TokenIDs
-	9,  // 6: npumesh.v1.GenerateRequest.sampling:type_name -> npumesh.v1.SamplingParams
-	13, // 7: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
-	15, // 8: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
-	14, // 9: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
-	2,  // 10: npumesh.v1.RegisterRequest.info:type_name -> npumesh.v1.NodeInfo
-	0,  // 11: npumesh.v1.CacheEvent.kind:type_name -> npumesh.v1.CacheEvent.Kind
-	18, // 12: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
-	6,  // 13: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
-	19, // 14: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
-	4,  // 15: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
-	1,  // 16: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
-	11, // 17: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
-	7,  // 18: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
-	16, // 19: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
-	20, // 20: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
-	2,  // 21: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
-	12, // 22: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
-	8,  // 23: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
-	17, // 24: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
-	21, // 25: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	13, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
+	9,  // 7: npumesh.v1.GenerateRequest.sampling:type_name -> npumesh.v1.SamplingParams
+	12, // 8: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
+	15, // 9: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
+	17, // 10: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
+	16, // 11: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
+	2,  // 12: npumesh.v1.RegisterRequest.info:type_name -> npumesh.v1.NodeInfo
+	0,  // 13: npumesh.v1.CacheEvent.kind:type_name -> npumesh.v1.CacheEvent.Kind
+	20, // 14: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
+	6,  // 15: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
+	21, // 16: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
+	4,  // 17: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
+	1,  // 18: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
+	11, // 19: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
+	7,  // 20: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
+	18, // 21: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
+	22, // 22: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
+	2,  // 23: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
+	14, // 24: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
+	8,  // 25: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
+	19, // 26: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
+	23, // 27: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_npumesh_v1_npumesh_proto_init() }
@@ -1801,8 +1926,9 @@ func file_npumesh_v1_npumesh_proto_init() {
 	file_npumesh_v1_npumesh_proto_msgTypes[10].OneofWrappers = []any{
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_Tokens)(nil),
+		(*GenerateRequest_Chat)(nil),
 	}
-	file_npumesh_v1_npumesh_proto_msgTypes[11].OneofWrappers = []any{
+	file_npumesh_v1_npumesh_proto_msgTypes[13].OneofWrappers = []any{
 		(*GenerateResponse_Delta)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
@@ -1812,7 +1938,7 @@ func file_npumesh_v1_npumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_npumesh_v1_npumesh_proto_rawDesc), len(file_npumesh_v1_npumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

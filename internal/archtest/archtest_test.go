@@ -1,0 +1,51 @@
+// Package archtest checks the import rules of docs/architecture.md.
+package archtest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/npumesh/npumesh/internal/testdata"
+)
+
+const mod = "github.com/npumesh/npumesh/"
+
+// forbidden lists, per package, import paths (prefixes) that must not appear
+// anywhere in its transitive dependencies.
+var forbidden = map[string][]string{
+	"internal/engine":    {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/gguf":      {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/tokenizer": {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/accel":     {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/openai":    {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
+	"internal/pki":       {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
+	"internal/coordinator": {
+		mod + "internal/engine", mod + "internal/node", mod + "internal/gguf",
+	},
+}
+
+func TestImportRules(t *testing.T) {
+	root := testdata.Root(t)
+	for pkg, bad := range forbidden {
+		t.Run(pkg, func(t *testing.T) {
+			cmd := exec.Command("go", "list", "-deps", "./"+pkg)
+			cmd.Dir = root
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("go list %s: %v", pkg, err)
+			}
+			deps := strings.Fields(string(out))
+			if len(deps) == 0 {
+				t.Fatalf("go list returned no dependencies for %s", pkg)
+			}
+			for _, d := range deps {
+				for _, b := range bad {
+					if d == b || strings.HasPrefix(d, b+"/") {
+						t.Errorf("%s depends on %s, which docs/architecture.md forbids", pkg, d)
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,215 @@
+// Package coordinator is the cluster's front door and control plane: the
+// registry of live nodes (fed by Register and Heartbeat over mutual-TLS
+// gRPC), the OpenAI-compatible HTTP API, the cluster view, and routing of
+// each request to a node with bounded retry. It runs no model itself.
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/npumesh/npumesh/internal/openai"
+	"github.com/npumesh/npumesh/internal/pki"
+	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
+)
+
+// Config wires one coordinator. Only internal/cli builds it.
+type Config struct {
+	// Listen is the gRPC address nodes register at.
+	Listen string
+	// API is the HTTP address of the OpenAI API, cluster view and dashboard.
+	API string
+	TLS *pki.Bundle
+	// APIKeys, when non-empty, are required as "Authorization: Bearer".
+	APIKeys map[string]bool
+	// APICert is the public API's certificate; nil means plain HTTP, which
+	// is allowed only on loopback unless InsecureHTTP is set.
+	APICert      *tls.Certificate
+	InsecureHTTP bool
+	Logger       *slog.Logger
+	// HeartbeatInterval is what nodes are told to use (default 1s); a node
+	// silent for NodeTimeout (default 3 intervals) is dropped.
+	HeartbeatInterval time.Duration
+	NodeTimeout       time.Duration
+	// MaxAttempts bounds the nodes one request is tried on (default 3).
+	MaxAttempts int
+	// MaxOutstandingPerNode bounds what the coordinator sends one node at
+	// once; beyond it on every node the API answers 429 (default 64).
+	MaxOutstandingPerNode int
+	// Limits for decoding API requests.
+	Limits openai.Limits
+}
+
+// Coordinator is a running coordinator.
+type Coordinator struct {
+	cfg Config
+	log *slog.Logger
+	reg *registry
+
+	grpcLn, apiLn net.Listener
+	created       int64
+}
+
+// New validates cfg. Nothing listens until Listen.
+func New(cfg Config) (*Coordinator, error) {
+	if cfg.TLS == nil {
+		return nil, errors.New("coordinator: TLS bundle is required (--tls-dir)")
+	}
+	if id := cfg.TLS.Identity(); id.Role != pki.RoleCoordinator {
+		return nil, fmt.Errorf("coordinator: certificate is for role %q, want %q (issue one with: npumesh cert issue --role coordinator)", id.Role, pki.RoleCoordinator)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = time.Second
+	}
+	if cfg.NodeTimeout <= 0 {
+		cfg.NodeTimeout = 3 * cfg.HeartbeatInterval
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.MaxOutstandingPerNode <= 0 {
+		cfg.MaxOutstandingPerNode = 64
+	}
+	if err := checkAPIAddr(cfg.API, cfg.APICert != nil, cfg.InsecureHTTP); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("component", "coordinator")
+	return &Coordinator{
+		cfg:     cfg,
+		log:     log,
+		reg:     newRegistry(log, cfg.TLS, cfg.NodeTimeout),
+		created: time.Now().Unix(),
+	}, nil
+}
+
+// checkAPIAddr refuses plain HTTP on a non-loopback address unless the
+// operator said so explicitly.
+func checkAPIAddr(addr string, hasTLS, insecure bool) error {
+	if hasTLS {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("coordinator: bad --api address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	if insecure {
+		return nil
+	}
+	return fmt.Errorf("coordinator: the API address %s is not loopback; give --tls-cert and --tls-key, or --insecure-http to serve plain HTTP anyway", addr)
+}
+
+// Listen binds both listeners so callers learn the addresses before Run.
+func (c *Coordinator) Listen() (grpcAddr, apiAddr net.Addr, err error) {
+	c.grpcLn, err = net.Listen("tcp", c.cfg.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("coordinator: listen on %s: %w", c.cfg.Listen, err)
+	}
+	c.apiLn, err = net.Listen("tcp", c.cfg.API)
+	if err != nil {
+		c.grpcLn.Close()
+		return nil, nil, fmt.Errorf("coordinator: listen for the API on %s: %w", c.cfg.API, err)
+	}
+	if c.cfg.APICert == nil && checkAPIAddr(c.cfg.API, false, false) != nil {
+		c.log.Warn("serving the OpenAI API over plain HTTP on a non-loopback address (--insecure-http): API keys and prompts cross the network in the clear", "addr", c.apiLn.Addr().String())
+	}
+	return c.grpcLn.Addr(), c.apiLn.Addr(), nil
+}
+
+// Run serves until ctx ends, then shuts both servers down.
+func (c *Coordinator) Run(ctx context.Context) error {
+	if c.grpcLn == nil {
+		if _, _, err := c.Listen(); err != nil {
+			return err
+		}
+	}
+	unary, stream := pki.RoleInterceptors(map[string][]pki.Role{
+		"/npumesh.v1.ControlService/": {pki.RoleNode},
+	})
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(c.cfg.TLS.ServerTLS(pki.RoleNode, pki.RoleClient, pki.RoleCoordinator))),
+		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainStreamInterceptor(stream),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterControlServiceServer(gs, &controlService{reg: c.reg, interval: c.cfg.HeartbeatInterval})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+
+	hsrv := &http.Server{
+		Handler:           c.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelWarn),
+	}
+	if c.cfg.APICert != nil {
+		hsrv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*c.cfg.APICert}}
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := gs.Serve(c.grpcLn); err != nil {
+			errc <- fmt.Errorf("coordinator grpc: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		var err error
+		if hsrv.TLSConfig != nil {
+			err = hsrv.ServeTLS(c.apiLn, "", "")
+		} else {
+			err = hsrv.Serve(c.apiLn)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("coordinator api: %w", err)
+		}
+	}()
+	rctx, stopReap := context.WithCancel(ctx)
+	go func() { defer wg.Done(); c.reg.reap(rctx) }()
+	c.log.Info("serving", "grpc", c.grpcLn.Addr().String(), "api", c.apiLn.Addr().String())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	stopReap()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = hsrv.Shutdown(sctx)
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		gs.Stop()
+	}
+	wg.Wait()
+	c.reg.closeAll()
+	return err
+}

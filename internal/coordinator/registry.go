@@ -1,0 +1,234 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/npumesh/npumesh/internal/pki"
+	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
+)
+
+// member is one registered node as the coordinator sees it.
+type member struct {
+	name    string
+	addr    string
+	session uint64 // registration generation; a stale heartbeat stream must not remove a newer one
+	conn    *grpc.ClientConn
+	client  pb.NodeServiceClient
+	joined  time.Time
+
+	// outstanding counts requests this coordinator has open on the node;
+	// routing reads it without the registry lock.
+	outstanding atomic.Int32
+	served      atomic.Uint64
+	failed      atomic.Uint64
+
+	mu       sync.Mutex // guards the fields below
+	info     *pb.NodeInfo
+	models   map[string]*pb.ModelInfo
+	load     *pb.NodeLoad
+	lastSeen time.Time
+	draining bool
+}
+
+func (m *member) snapshot() (models map[string]*pb.ModelInfo, draining bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.models, m.draining
+}
+
+// registry is the set of live nodes.
+type registry struct {
+	log     *slog.Logger
+	tls     *pki.Bundle
+	timeout time.Duration // a node silent this long is dropped
+
+	mu      sync.RWMutex // guards members and nextSession
+	members map[string]*member
+	nextSes uint64
+}
+
+func newRegistry(log *slog.Logger, tls *pki.Bundle, timeout time.Duration) *registry {
+	return &registry{log: log, tls: tls, timeout: timeout, members: map[string]*member{}}
+}
+
+// add registers (or re-registers) a node and dials it back.
+func (r *registry) add(name string, info *pb.NodeInfo) (*member, error) {
+	addr := info.GetGrpcAddress()
+	if addr == "" {
+		return nil, errors.New("registration carries no grpc_address")
+	}
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(r.tls.ClientTLS(pki.Identity{Role: pki.RoleNode, Name: name}))),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dial node %s at %s: %w", name, addr, err)
+	}
+	now := time.Now()
+	m := &member{
+		name: name, addr: addr, conn: conn, client: pb.NewNodeServiceClient(conn), joined: now,
+		info: info, models: modelMap(info.GetModels()), lastSeen: now,
+	}
+	r.mu.Lock()
+	r.nextSes++
+	m.session = r.nextSes
+	old := r.members[name]
+	r.members[name] = m
+	r.mu.Unlock()
+	if old != nil {
+		old.conn.Close()
+	}
+	r.log.Info("node registered", "node", name, "addr", addr, "arch", info.GetArch(), "models", len(m.models))
+	return m, nil
+}
+
+// remove drops a node if it is still the given registration.
+func (r *registry) remove(name string, session uint64, why string) {
+	r.mu.Lock()
+	m := r.members[name]
+	if m == nil || m.session != session {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.members, name)
+	r.mu.Unlock()
+	m.conn.Close()
+	r.log.Warn("node removed", "node", name, "reason", why)
+}
+
+func (r *registry) get(name string) *member {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.members[name]
+}
+
+// list returns the live nodes sorted by name.
+func (r *registry) list() []*member {
+	r.mu.RLock()
+	out := make([]*member, 0, len(r.members))
+	for _, m := range r.members {
+		out = append(out, m)
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// reap drops nodes whose heartbeats stopped, until ctx ends.
+func (r *registry) reap(ctx context.Context) {
+	t := time.NewTicker(r.timeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		for _, m := range r.list() {
+			m.mu.Lock()
+			silent := now.Sub(m.lastSeen)
+			m.mu.Unlock()
+			if silent > r.timeout {
+				r.remove(m.name, m.session, fmt.Sprintf("no heartbeat for %s", silent.Round(time.Millisecond)))
+			}
+		}
+	}
+}
+
+func (r *registry) closeAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, m := range r.members {
+		m.conn.Close()
+		delete(r.members, name)
+	}
+}
+
+func modelMap(ms []*pb.ModelInfo) map[string]*pb.ModelInfo {
+	out := make(map[string]*pb.ModelInfo, len(ms))
+	for _, m := range ms {
+		if m.GetState() == "" || m.GetState() == "loaded" {
+			out[m.GetId()] = m
+		}
+	}
+	return out
+}
+
+// controlService implements pb.ControlServiceServer; only nodes may call it
+// (enforced by the role interceptors).
+type controlService struct {
+	pb.UnimplementedControlServiceServer
+	reg      *registry
+	interval time.Duration
+}
+
+func (s *controlService) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.RegisterResponse, error) {
+	id, err := pki.PeerIdentity(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	info := req.GetInfo()
+	if info == nil {
+		return nil, status.Error(codes.InvalidArgument, "register: no node info")
+	}
+	if info.GetName() != "" && info.GetName() != id.Name {
+		return nil, status.Errorf(codes.PermissionDenied, "register: node calls itself %q but its certificate says %q", info.GetName(), id.Name)
+	}
+	info.Name = id.Name
+	if _, err := s.reg.add(id.Name, info); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &pb.RegisterResponse{NodeName: id.Name, HeartbeatIntervalMs: s.interval.Milliseconds()}, nil
+}
+
+func (s *controlService) Heartbeat(stream grpc.BidiStreamingServer[pb.HeartbeatRequest, pb.HeartbeatResponse]) error {
+	id, err := pki.PeerIdentity(stream.Context())
+	if err != nil {
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	m := s.reg.get(id.Name)
+	if m == nil {
+		return status.Errorf(codes.FailedPrecondition, "node %s is not registered; call Register first", id.Name)
+	}
+	for {
+		hb, err := stream.Recv()
+		if err != nil {
+			why := "heartbeat stream closed"
+			if !errors.Is(err, io.EOF) {
+				why = fmt.Sprintf("heartbeat stream broke: %v", err)
+			}
+			s.reg.remove(id.Name, m.session, why)
+			return nil
+		}
+		if hb.GetNodeName() != "" && hb.GetNodeName() != id.Name {
+			return status.Errorf(codes.PermissionDenied, "heartbeat names %q but the certificate says %q", hb.GetNodeName(), id.Name)
+		}
+		m.mu.Lock()
+		m.lastSeen = time.Now()
+		m.load = hb.GetLoad()
+		m.draining = hb.GetDraining()
+		if hb.Models != nil {
+			m.models = modelMap(hb.GetModels())
+		}
+		m.mu.Unlock()
+		if err := stream.Send(&pb.HeartbeatResponse{AckSeq: hb.GetSeq()}); err != nil {
+			s.reg.remove(id.Name, m.session, fmt.Sprintf("heartbeat send: %v", err))
+			return nil
+		}
+	}
+}

@@ -1,0 +1,261 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+
+	"github.com/npumesh/npumesh/internal/tokenizer"
+)
+
+// Request is one completion request.
+type Request struct {
+	// Prompt is encoded with the model's special tokens (BOS for llama);
+	// the empty prompt is just BOS.
+	Prompt string
+	// PromptIDs, when non-nil, is used as-is instead of Prompt: no BOS
+	// is added. It must not be empty.
+	PromptIDs []int32
+	// MaxTokens caps the completion; 0 means up to the end of the context.
+	MaxTokens int
+	// Temperature 0 is greedy decoding; TopK 0 and TopP 0 or 1 disable
+	// those filters.
+	Temperature, TopP float32
+	TopK              int
+	// Seed makes sampling reproducible; nil draws a random seed.
+	Seed *uint64
+	// Stop ends generation at the first of these strings, which is not
+	// emitted (nor anything after it).
+	Stop []string
+}
+
+// Delta is a piece of the completion. Text is always whole UTF-8
+// characters; it can lag IDs, because bytes of an unfinished character and
+// text that may begin a stop string are held back until decided. IDs are
+// the tokens sampled since the previous Delta (end-of-generation tokens
+// excluded; tokens that completed a stop string included).
+type Delta struct {
+	IDs  []int32
+	Text string
+}
+
+// Result summarizes a finished generation.
+type Result struct {
+	PromptTokens     int
+	CompletionTokens int // tokens sampled, an end-of-generation token included
+	FinishReason     string
+}
+
+// Finish reasons.
+const (
+	FinishStop   = "stop"   // an end-of-generation token or a stop string
+	FinishLength = "length" // MaxTokens or the end of the context
+)
+
+// Errors about the request itself, which an API reports as HTTP 400.
+// Generate returns them inside an *InvalidRequestError, so
+// errors.Is(err, ErrInvalidRequest) matches all of them and
+// errors.Is(err, ErrPromptTooLong) a specific one.
+var (
+	ErrInvalidRequest = errors.New("invalid request")
+	ErrPromptTooLong  = errors.New("prompt longer than the context")
+	ErrTokenRange     = errors.New("token id out of range")
+	ErrInvalidParam   = errors.New("invalid parameter")
+)
+
+// InvalidRequestError is a request Generate refuses before it starts.
+type InvalidRequestError struct {
+	Param  string // the Request field at fault: "prompt", "temperature", ...
+	Err    error  // ErrPromptTooLong, ErrTokenRange or ErrInvalidParam
+	Detail string // what was wrong, for the user
+}
+
+func (e *InvalidRequestError) Error() string {
+	return fmt.Sprintf("invalid request: %s: %v: %s", e.Param, e.Err, e.Detail)
+}
+
+// Unwrap lets errors.Is match both ErrInvalidRequest and the specific error.
+func (e *InvalidRequestError) Unwrap() []error { return []error{ErrInvalidRequest, e.Err} }
+
+func invalid(param string, err error, format string, args ...any) error {
+	return &InvalidRequestError{Param: param, Err: err, Detail: fmt.Sprintf(format, args...)}
+}
+
+func (m *Model) checkRequest(req *Request) error {
+	switch {
+	case req.MaxTokens < 0:
+		return invalid("max_tokens", ErrInvalidParam, "%d is negative", req.MaxTokens)
+	case !(req.Temperature >= 0) || math.IsInf(float64(req.Temperature), 0):
+		return invalid("temperature", ErrInvalidParam, "%v is not a finite number >= 0", req.Temperature)
+	case !(req.TopP >= 0 && req.TopP <= 1):
+		return invalid("top_p", ErrInvalidParam, "%v is not in [0, 1]", req.TopP)
+	case req.TopK < 0:
+		return invalid("top_k", ErrInvalidParam, "%d is negative", req.TopK)
+	case req.PromptIDs != nil && len(req.PromptIDs) == 0:
+		return invalid("prompt", ErrInvalidParam, "empty list of token ids (send a nil list to use the text prompt)")
+	}
+	for _, s := range req.Stop {
+		if s == "" {
+			return invalid("stop", ErrInvalidParam, "empty stop string")
+		}
+	}
+	n := int32(m.hp.vocab)
+	for i, id := range req.PromptIDs {
+		if id < 0 || id >= n {
+			return invalid("prompt", ErrTokenRange, "token %d at index %d is outside the vocabulary [0, %d)", id, i, n)
+		}
+	}
+	return nil
+}
+
+// Generate runs the prompt and streams the completion to emit, which is
+// called from this goroutine. It returns when the model emits an
+// end-of-generation token or a stop string ("stop"), at MaxTokens or the
+// end of the context ("length"), when emit fails (its error, wrapped), or
+// when ctx is done (ctx.Err(), checked between tokens, prompt tokens
+// included). Errors about the request are *InvalidRequestError. A nil emit
+// discards the text. Calls may run concurrently; each holds its own KV cache.
+func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) error) (Result, error) {
+	if emit == nil {
+		emit = func(Delta) error { return nil }
+	}
+	if err := m.checkRequest(&req); err != nil {
+		return Result{}, err
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed {
+		return Result{}, ErrClosed
+	}
+	prompt := req.PromptIDs
+	if prompt == nil {
+		var err error
+		if prompt, err = m.tok.Encode(req.Prompt, true); err != nil {
+			return Result{}, fmt.Errorf("encode prompt: %w", err)
+		}
+	}
+	res := Result{PromptTokens: len(prompt)}
+	if len(prompt) > m.hp.ctx {
+		return res, invalid("prompt", ErrPromptTooLong, "%d tokens, the context holds %d; shorten the prompt", len(prompt), m.hp.ctx)
+	}
+	limit := m.hp.ctx - len(prompt)
+	if req.MaxTokens > 0 {
+		limit = min(limit, req.MaxTokens)
+	}
+	var seed uint64
+	if req.Seed != nil {
+		seed = *req.Seed
+	} else {
+		seed = rand.Uint64()
+	}
+	smp := newSampler(req.Temperature, req.TopP, req.TopK, seed)
+	out := &streamer{dec: tokenizer.NewDecoderAfter(m.tok, prompt), stops: req.Stop, emit: emit}
+
+	s := newState(&m.hp)
+	for i, id := range prompt {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		m.forward(s, id, i, i == len(prompt)-1)
+	}
+	res.FinishReason = FinishLength
+	for pos := len(prompt); res.CompletionTokens < limit; pos++ {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		if pos > len(prompt) {
+			m.forward(s, out.last, pos-1, true)
+		}
+		id := smp.sample(s.logits)
+		res.CompletionTokens++
+		if m.tok.IsEOG(id) {
+			res.FinishReason = FinishStop
+			break
+		}
+		stopped, err := out.add(id)
+		if err != nil {
+			return res, err
+		}
+		if stopped {
+			res.FinishReason = FinishStop
+			return res, nil
+		}
+	}
+	return res, out.flush()
+}
+
+// streamer turns tokens into Deltas: it decodes, holds back text that may
+// begin a stop string, and cuts the text at a stop string.
+type streamer struct {
+	dec   *tokenizer.Decoder
+	stops []string
+	emit  func(Delta) error
+	held  string  // decoded text not yet emitted
+	ids   []int32 // tokens not yet emitted
+	last  int32   // the latest token, the next forward pass's input
+}
+
+// add takes one sampled token and reports whether a stop string ended
+// the completion.
+func (s *streamer) add(id int32) (stopped bool, err error) {
+	s.last = id
+	s.ids = append(s.ids, id)
+	s.held += s.dec.Add(id)
+	if i := s.firstStop(); i >= 0 {
+		s.held = s.held[:i]
+		return true, s.send(len(s.held), true)
+	}
+	return false, s.send(len(s.held)-s.stopPrefixLen(), false)
+}
+
+// flush emits what is left at the end of the completion.
+func (s *streamer) flush() error {
+	s.held += s.dec.Flush()
+	return s.send(len(s.held), true)
+}
+
+// send emits held[:n] with the pending ids when there is text to send, or
+// at the end of the completion (final) when ids are still unsent.
+func (s *streamer) send(n int, final bool) error {
+	if n == 0 && !(final && len(s.ids) > 0) {
+		return nil
+	}
+	d := Delta{IDs: s.ids, Text: s.held[:n]}
+	s.held = s.held[n:]
+	s.ids = nil
+	if err := s.emit(d); err != nil {
+		return fmt.Errorf("emit: %w", err)
+	}
+	return nil
+}
+
+// firstStop returns where the earliest stop string starts in held, or -1.
+// Text before held was checked when it was emitted, and the held-back
+// tail covers any stop string that began there.
+func (s *streamer) firstStop() int {
+	first := -1
+	for _, stop := range s.stops {
+		if i := strings.Index(s.held, stop); i >= 0 && (first < 0 || i < first) {
+			first = i
+		}
+	}
+	return first
+}
+
+// stopPrefixLen is the length of the longest tail of held that is a
+// proper prefix of a stop string: text that must wait for the next token.
+func (s *streamer) stopPrefixLen() int {
+	longest := 0
+	for _, stop := range s.stops {
+		for k := min(len(stop)-1, len(s.held)); k > longest; k-- {
+			if strings.HasSuffix(s.held, stop[:k]) {
+				longest = k
+				break
+			}
+		}
+	}
+	return longest
+}

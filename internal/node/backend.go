@@ -1,0 +1,131 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/npumesh/npumesh/internal/engine"
+	"github.com/npumesh/npumesh/internal/tokenizer"
+)
+
+// Backend serves one model on this node. The builtin engine is one; an
+// upstream OpenAI-compatible server (OVMS, Lemonade, llama.cpp) is another.
+type Backend interface {
+	Info() ModelInfo
+	Generate(ctx context.Context, req Request, emit func(engine.Delta) error) (engine.Result, error)
+	Close() error
+}
+
+// ModelInfo describes a served model.
+type ModelInfo struct {
+	ID            string
+	Arch          string
+	Backend       string
+	SizeBytes     uint64
+	ContextLength int
+	Parameters    uint64
+	Quantization  string
+}
+
+// Request is a generation request as a backend sees it: an engine request,
+// or chat messages that the backend renders with the model's template.
+type Request struct {
+	engine.Request
+	Messages []ChatMessage
+}
+
+// ChatMessage is one turn of a chat prompt.
+type ChatMessage struct {
+	Role    string
+	Content string
+}
+
+// Builtin serves a model with the pure-Go engine.
+type Builtin struct {
+	m        *engine.Model
+	template string // the model's chat template, "" for none
+}
+
+var _ Backend = (*Builtin)(nil)
+
+// LoadBuiltin loads a model file with the built-in engine.
+func LoadBuiltin(path string, opts engine.Options) (*Builtin, error) {
+	m, err := engine.Load(path, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load model %q: %w", path, err)
+	}
+	return &Builtin{m: m, template: m.ChatTemplate()}, nil
+}
+
+// Info implements Backend.
+func (b *Builtin) Info() ModelInfo {
+	i := b.m.Info()
+	return ModelInfo{
+		ID:            i.ID,
+		Arch:          i.Arch,
+		Backend:       "builtin",
+		SizeBytes:     i.SizeBytes,
+		ContextLength: i.ContextLength,
+		Parameters:    i.Parameters,
+		Quantization:  i.Quantization,
+	}
+}
+
+// Generate implements Backend.
+func (b *Builtin) Generate(ctx context.Context, req Request, emit func(engine.Delta) error) (engine.Result, error) {
+	if req.Messages != nil {
+		prompt, err := b.renderChat(req.Messages)
+		if err != nil {
+			return engine.Result{}, err
+		}
+		ids, err := b.m.Tokenizer().Encode(prompt, false)
+		if err != nil {
+			return engine.Result{}, fmt.Errorf("%w: tokenize chat prompt: %v", engine.ErrInvalidRequest, err)
+		}
+		// The template writes BOS itself when the model wants one; a model
+		// without a template gets BOS from here.
+		if bos := b.m.Tokenizer().BOS(); bos >= 0 && (len(ids) == 0 || ids[0] != bos) && b.template == "" {
+			ids = append([]int32{bos}, ids...)
+		}
+		req.PromptIDs = ids
+		req.Prompt = ""
+	}
+	return b.m.Generate(ctx, req.Request, emit)
+}
+
+// renderChat renders messages with the model's own template, or, for a model
+// with none (like the demo model, a story generator), as a plain transcript
+// that ends where the assistant's answer starts.
+func (b *Builtin) renderChat(msgs []ChatMessage) (string, error) {
+	if b.template != "" {
+		bos, eos := b.m.SpecialTokens()
+		tm := make([]tokenizer.Message, len(msgs))
+		for i, m := range msgs {
+			tm[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+		}
+		out, err := tokenizer.RenderChat(b.template, tm, tokenizer.ChatOptions{
+			AddGenerationPrompt: true,
+			BOSToken:            bos,
+			EOSToken:            eos,
+		})
+		if err != nil {
+			return "", fmt.Errorf("%w: render chat template: %v", engine.ErrInvalidRequest, err)
+		}
+		return out, nil
+	}
+	var sb strings.Builder
+	for _, m := range msgs {
+		if m.Role == "system" || m.Role == "developer" {
+			sb.WriteString(m.Content)
+			sb.WriteString("\n\n")
+			continue
+		}
+		sb.WriteString(m.Content)
+		sb.WriteString("\n")
+	}
+	return strings.TrimRight(sb.String(), "\n"), nil
+}
+
+// Close implements Backend.
+func (b *Builtin) Close() error { return b.m.Close() }

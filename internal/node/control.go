@@ -1,0 +1,143 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/npumesh/npumesh/internal/pki"
+	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
+)
+
+// controlLoop registers with a coordinator and keeps the heartbeat stream
+// going until ctx ends, reconnecting (to the next coordinator in the list)
+// with backoff when the stream breaks. A coordinator restart therefore needs
+// no manual step on the node.
+func (n *Node) controlLoop(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for i := 0; ctx.Err() == nil; i++ {
+		addr := n.cfg.Coordinators[i%len(n.cfg.Coordinators)]
+		start := time.Now()
+		err := n.session(ctx, addr)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 200 * time.Millisecond // it was a healthy session
+		}
+		n.log.Warn("coordinator session ended; reconnecting", "coordinator", addr, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// session is one registration plus heartbeat stream with one coordinator.
+func (n *Node) session(ctx context.Context, addr string) error {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(n.cfg.TLS.ClientTLS(pki.Identity{Role: pki.RoleCoordinator}))),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return fmt.Errorf("dial coordinator %s: %w", addr, err)
+	}
+	defer conn.Close()
+	client := pb.NewControlServiceClient(conn)
+
+	advertise, err := n.advertiseAddr(ctx, addr)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := client.Register(rctx, &pb.RegisterRequest{Info: n.info(advertise)})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("register with %s: %w", addr, err)
+	}
+	interval := n.cfg.HeartbeatInterval
+	if ms := resp.GetHeartbeatIntervalMs(); ms > 0 {
+		interval = time.Duration(ms) * time.Millisecond
+	}
+	n.log.Info("registered", "coordinator", addr, "advertise", advertise, "heartbeat", interval)
+
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	hb, err := client.Heartbeat(sctx)
+	if err != nil {
+		return fmt.Errorf("open heartbeat stream: %w", err)
+	}
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := hb.Recv(); err != nil {
+				recvErr <- err
+				return
+			}
+		}
+	}()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var seq uint64
+	for {
+		seq++
+		msg := &pb.HeartbeatRequest{
+			NodeName: n.cfg.Name,
+			Seq:      seq,
+			Load: &pb.NodeLoad{
+				InFlight:    n.inFlight.Load(),
+				ServedTotal: n.served.Load(),
+			},
+			Models:   n.modelInfos(),
+			Draining: n.draining.Load(),
+		}
+		if err := hb.Send(msg); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = <-recvErr
+			}
+			return fmt.Errorf("heartbeat: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			// Tell the coordinator we are going, then close our side.
+			msg.Draining = true
+			msg.Seq = seq + 1
+			_ = hb.Send(msg)
+			_ = hb.CloseSend()
+			return nil
+		case err := <-recvErr:
+			return fmt.Errorf("heartbeat stream: %w", err)
+		case <-t.C:
+		}
+	}
+}
+
+// advertiseAddr is the address the coordinator should dial for NodeService.
+func (n *Node) advertiseAddr(ctx context.Context, coordinator string) (string, error) {
+	if n.cfg.Advertise != "" {
+		return n.cfg.Advertise, nil
+	}
+	la := n.listener.Addr().(*net.TCPAddr)
+	if !la.IP.IsUnspecified() {
+		return la.String(), nil
+	}
+	// Wildcard listen: use the local address this host reaches the
+	// coordinator from (no packet is sent for a UDP "dial").
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", coordinator)
+	if err != nil {
+		return "", fmt.Errorf("find the local address toward %s (set --advertise): %w", coordinator, err)
+	}
+	defer c.Close()
+	ip := c.LocalAddr().(*net.UDPAddr).IP
+	return net.JoinHostPort(ip.String(), fmt.Sprint(la.Port)), nil
+}

@@ -1,0 +1,359 @@
+// Package node is the node daemon: it serves NodeService over mutual-TLS gRPC
+// through its backends (the built-in engine, later upstream runtimes),
+// registers with a coordinator and keeps a heartbeat going, and drains
+// in-flight requests before it exits. It decides nothing about routing.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/npumesh/npumesh/internal/accel"
+	"github.com/npumesh/npumesh/internal/engine"
+	"github.com/npumesh/npumesh/internal/pki"
+	"github.com/npumesh/npumesh/internal/version"
+	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
+)
+
+// Config wires one node daemon. Only internal/cli builds it.
+type Config struct {
+	// Name defaults to the name in the node's certificate.
+	Name string
+	// Listen is the gRPC listen address ("127.0.0.1:0" picks a port).
+	Listen string
+	// Advertise is the address the coordinator dials; by default the bound
+	// listen address, or, for a wildcard listen address, the local address
+	// this host uses to reach the coordinator.
+	Advertise string
+	// Coordinators are tried in order until one accepts the registration.
+	Coordinators []string
+	TLS          *pki.Bundle
+	Backends     []Backend
+	Logger       *slog.Logger
+	// HeartbeatInterval is how often the node reports; 0 means 1s.
+	HeartbeatInterval time.Duration
+	// DrainTimeout bounds how long SIGTERM waits for in-flight requests.
+	DrainTimeout time.Duration
+	// MaxInFlight bounds concurrent Generate calls; beyond it the node
+	// answers ResourceExhausted. 0 means 64.
+	MaxInFlight int
+	// SysRoot is where hardware discovery reads /proc and /sys from; "" is "/".
+	SysRoot string
+}
+
+// Node is a running node daemon.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	backends map[string]Backend
+
+	inFlight atomic.Int32
+	served   atomic.Uint64
+	draining atomic.Bool
+	// wg counts in-flight Generate calls, for draining.
+	wg sync.WaitGroup
+
+	listener net.Listener
+	health   *health.Server
+	hw       accel.Report // discovered once at start
+}
+
+// New validates cfg and returns a node that is not yet serving.
+func New(cfg Config) (*Node, error) {
+	if cfg.TLS == nil {
+		return nil, errors.New("node: TLS bundle is required")
+	}
+	id := cfg.TLS.Identity()
+	if id.Role != pki.RoleNode {
+		return nil, fmt.Errorf("node: certificate is for role %q, want %q (issue one with: npumesh cert issue --role node)", id.Role, pki.RoleNode)
+	}
+	if cfg.Name == "" {
+		cfg.Name = id.Name
+	}
+	if cfg.Name != id.Name {
+		return nil, fmt.Errorf("node: --name %q does not match the certificate's name %q", cfg.Name, id.Name)
+	}
+	if len(cfg.Coordinators) == 0 {
+		return nil, errors.New("node: at least one coordinator address is required (--coordinator HOST:PORT)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 64
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), backends: map[string]Backend{}, hw: accel.Discover(cfg.SysRoot)}
+	for _, b := range cfg.Backends {
+		id := b.Info().ID
+		if _, dup := n.backends[id]; dup {
+			return nil, fmt.Errorf("node: two models with the id %q; give one another name", id)
+		}
+		n.backends[id] = b
+	}
+	return n, nil
+}
+
+// Listen binds the gRPC listener, so the caller learns the address before Run.
+func (n *Node) Listen() (net.Addr, error) {
+	l, err := net.Listen("tcp", n.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("node: listen on %s: %w", n.cfg.Listen, err)
+	}
+	n.listener = l
+	return l.Addr(), nil
+}
+
+// Run serves until ctx is cancelled, then drains in-flight requests (up to
+// DrainTimeout) and stops. It returns nil after a clean drain.
+func (n *Node) Run(ctx context.Context) error {
+	if n.listener == nil {
+		if _, err := n.Listen(); err != nil {
+			return err
+		}
+	}
+	unary, stream := pki.RoleInterceptors(map[string][]pki.Role{
+		"/npumesh.v1.NodeService/Generate":   {pki.RoleCoordinator},
+		"/npumesh.v1.NodeService/Info":       {pki.RoleCoordinator, pki.RoleClient},
+		"/npumesh.v1.NodeService/ListModels": {pki.RoleCoordinator, pki.RoleClient},
+	})
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(n.cfg.TLS.ServerTLS(pki.RoleCoordinator, pki.RoleClient))),
+		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainStreamInterceptor(stream),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterNodeServiceServer(srv, &nodeService{n: n})
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(srv, n.health)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(n.listener) }()
+	n.log.Info("serving", "addr", n.listener.Addr().String(), "models", n.modelIDs())
+
+	ctrlCtx, stopCtrl := context.WithCancel(context.Background())
+	ctrlDone := make(chan struct{})
+	go func() {
+		defer close(ctrlDone)
+		n.controlLoop(ctrlCtx)
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("node: grpc server: %w", err)
+	}
+
+	// Drain: refuse new work, tell the coordinator, wait for in-flight.
+	n.draining.Store(true)
+	n.health.Shutdown()
+	drained := make(chan struct{})
+	go func() { n.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+		n.log.Info("drained")
+	case <-time.After(n.cfg.DrainTimeout):
+		n.log.Warn("drain timeout; stopping with requests in flight", "in_flight", n.inFlight.Load())
+	}
+	stopCtrl()
+	<-ctrlDone
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		srv.Stop()
+	}
+	for _, b := range n.backends {
+		if cerr := b.Close(); cerr != nil {
+			n.log.Warn("close backend", "err", cerr)
+		}
+	}
+	return err
+}
+
+func (n *Node) modelIDs() []string {
+	ids := make([]string, 0, len(n.backends))
+	for id := range n.backends {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (n *Node) modelInfos() []*pb.ModelInfo {
+	out := make([]*pb.ModelInfo, 0, len(n.backends))
+	for _, id := range n.modelIDs() {
+		i := n.backends[id].Info()
+		out = append(out, &pb.ModelInfo{
+			Id:            i.ID,
+			Arch:          i.Arch,
+			Backend:       i.Backend,
+			SizeBytes:     i.SizeBytes,
+			ContextLength: int32(i.ContextLength),
+			Parameters:    i.Parameters,
+			State:         "loaded",
+			Quantization:  i.Quantization,
+		})
+	}
+	return out
+}
+
+func (n *Node) info(advertise string) *pb.NodeInfo {
+	info := &pb.NodeInfo{
+		Name:                 n.cfg.Name,
+		Version:              version.String(),
+		Os:                   runtime.GOOS,
+		Arch:                 runtime.GOARCH,
+		CpuModel:             n.hw.CPU.Model,
+		CpuCores:             int32(runtime.NumCPU()),
+		MemoryTotalBytes:     n.hw.Memory.TotalBytes,
+		MemoryAvailableBytes: n.hw.Memory.AvailableBytes,
+		Models:               n.modelInfos(),
+		GrpcAddress:          advertise,
+	}
+	for _, a := range n.hw.Accelerators {
+		pa := &pb.Accelerator{
+			Kind:            "npu",
+			Product:         a.Product,
+			Driver:          a.Driver,
+			DevicePath:      a.DevNode,
+			Accessible:      a.Accessible,
+			Hint:            a.Hint,
+			PeakTopsInt8:    a.PeakTOPSInt8,
+			FirmwareVersion: a.Firmware,
+			DriverVersion:   a.DriverVersion,
+		}
+		if a.VendorID != "" {
+			pa.PciId = strings.TrimPrefix(a.VendorID, "0x") + ":" + strings.TrimPrefix(a.DeviceID, "0x")
+		}
+		info.Accelerators = append(info.Accelerators, pa)
+	}
+	return info
+}
+
+// nodeService implements pb.NodeServiceServer.
+type nodeService struct {
+	pb.UnimplementedNodeServiceServer
+	n *Node
+}
+
+func (s *nodeService) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.NodeInfo, error) {
+	return s.n.info(s.n.listener.Addr().String()), nil
+}
+
+func (s *nodeService) ListModels(ctx context.Context, _ *pb.ListModelsRequest) (*pb.ListModelsResponse, error) {
+	return &pb.ListModelsResponse{Models: s.n.modelInfos()}, nil
+}
+
+func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateResponse]) error {
+	n := s.n
+	if n.draining.Load() {
+		return status.Error(codes.Unavailable, "node is draining")
+	}
+	b, ok := n.backends[req.GetModel()]
+	if !ok {
+		return status.Errorf(codes.NotFound, "model %q is not served by node %s", req.GetModel(), n.cfg.Name)
+	}
+	if int(n.inFlight.Add(1)) > n.cfg.MaxInFlight {
+		n.inFlight.Add(-1)
+		return status.Errorf(codes.ResourceExhausted, "node %s has %d requests in flight", n.cfg.Name, n.cfg.MaxInFlight)
+	}
+	n.wg.Add(1)
+	defer func() {
+		n.inFlight.Add(-1)
+		n.wg.Done()
+	}()
+
+	breq, err := toBackendRequest(req)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	log := n.log.With("request_id", req.GetRequestId(), "model", req.GetModel())
+	start := time.Now()
+	res, err := b.Generate(stream.Context(), breq, func(d engine.Delta) error {
+		return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Delta{Delta: &pb.TokenDelta{Ids: d.IDs, Text: d.Text}}})
+	})
+	if err != nil {
+		log.Debug("generate failed", "err", err)
+		return toStatus(err)
+	}
+	n.served.Add(1)
+	log.Debug("generated", "prompt_tokens", res.PromptTokens, "completion_tokens", res.CompletionTokens, "dur", time.Since(start))
+	return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Final{Final: &pb.Final{
+		Usage: &pb.Usage{
+			PromptTokens:     int32(res.PromptTokens),
+			CompletionTokens: int32(res.CompletionTokens),
+		},
+		FinishReason: res.FinishReason,
+	}}})
+}
+
+func toBackendRequest(req *pb.GenerateRequest) (Request, error) {
+	var r Request
+	sp := req.GetSampling()
+	r.MaxTokens = int(req.GetMaxTokens())
+	r.Temperature = sp.GetTemperature()
+	r.TopP = sp.GetTopP()
+	r.TopK = int(sp.GetTopK())
+	if sp != nil && sp.Seed != nil {
+		seed := sp.GetSeed()
+		r.Seed = &seed
+	}
+	r.Stop = req.GetStop()
+	switch p := req.GetPrompt().(type) {
+	case *pb.GenerateRequest_Text:
+		r.Prompt = p.Text
+	case *pb.GenerateRequest_Tokens:
+		r.PromptIDs = p.Tokens.GetIds()
+		if r.PromptIDs == nil {
+			r.PromptIDs = []int32{}
+		}
+	case *pb.GenerateRequest_Chat:
+		if len(p.Chat.GetMessages()) == 0 {
+			return r, errors.New("chat prompt has no messages")
+		}
+		for _, m := range p.Chat.GetMessages() {
+			r.Messages = append(r.Messages, ChatMessage{Role: m.GetRole(), Content: m.GetContent()})
+		}
+	case nil:
+		// An empty prompt: generation starts from BOS alone.
+	}
+	return r, nil
+}
+
+// toStatus maps backend errors to gRPC codes the coordinator understands.
+func toStatus(err error) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, engine.ErrInvalidRequest):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine: real components,
+# never mocks. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have openssl || need_apt+=(openssl)
+have protoc || need_apt+=(protobuf-compiler)
+have node || need_apt+=(nodejs)
+have npm || need_apt+=(npm)
+have gcc || need_apt+=(gcc libc6-dev) # go test -race uses cgo
+have git || need_apt+=(git)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2
+    exit 1
+  fi
+  echo "install-test-deps: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Pinned protoc plugins, for the generated-code drift check.
+make -s proto-tools
+
+# The official OpenAI Node.js client, pinned by package-lock.json.
+if [ ! -d test/openai-client/node_modules/openai ]; then
+  echo "install-test-deps: npm ci (openai client)"
+  (cd test/openai-client && npm ci --no-audit --no-fund --loglevel=error)
+fi
