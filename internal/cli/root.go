@@ -84,6 +84,7 @@ func newRoot(g *globals) *cobra.Command {
 		newCertCmd(g),
 		newGenerateCmd(g),
 		newChatCmd(g),
+		newModelCmd(g),
 	)
 	return root
 }

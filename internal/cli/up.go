@@ -25,11 +25,11 @@ import (
 
 func newUpCmd(g *globals) *cobra.Command {
 	var (
-		nodes            int
-		api, dataDir     string
-		model, keyFile   string
-		threads          int
-		readyTimeout     time.Duration
+		nodes          int
+		api, dataDir   string
+		model, keyFile string
+		threads        int
+		readyTimeout   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up",

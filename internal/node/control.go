@@ -87,6 +87,7 @@ func (n *Node) session(ctx context.Context, addr string) error {
 	}()
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	drain := n.drainStarted
 	var seq uint64
 	for {
 		seq++
@@ -116,6 +117,8 @@ func (n *Node) session(ctx context.Context, addr string) error {
 			return nil
 		case err := <-recvErr:
 			return fmt.Errorf("heartbeat stream: %w", err)
+		case <-drain:
+			drain = nil // report once, right away
 		case <-t.C:
 		}
 	}

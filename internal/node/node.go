@@ -67,6 +67,9 @@ type Node struct {
 	inFlight atomic.Int32
 	served   atomic.Uint64
 	draining atomic.Bool
+	// drainStarted is closed when draining begins, so the heartbeat loop
+	// tells the coordinator at once instead of at its next tick.
+	drainStarted chan struct{}
 	// wg counts in-flight Generate calls, for draining.
 	wg sync.WaitGroup
 
@@ -105,7 +108,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 64
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), backends: map[string]Backend{}, hw: accel.Discover(cfg.SysRoot)}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), backends: map[string]Backend{}, hw: accel.Discover(cfg.SysRoot), drainStarted: make(chan struct{})}
 	for _, b := range cfg.Backends {
 		id := b.Info().ID
 		if _, dup := n.backends[id]; dup {
@@ -169,6 +172,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 	// Drain: refuse new work, tell the coordinator, wait for in-flight.
 	n.draining.Store(true)
+	close(n.drainStarted)
 	n.health.Shutdown()
 	drained := make(chan struct{})
 	go func() { n.wg.Wait(); close(drained) }()
