@@ -63,8 +63,8 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 
 // runOn runs one attempt on node m. started reports whether start was called.
 func (c *Coordinator) runOn(ctx context.Context, m *member, req *pb.GenerateRequest, out sink) (final *pb.Final, started bool, err error) {
-	m.outstanding.Add(1)
-	defer m.outstanding.Add(-1)
+	m.acquire()
+	defer m.release()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // tells the node to stop if we leave early
 	stream, err := m.client.Generate(ctx, req)
@@ -112,9 +112,9 @@ func toAPIError(err error) *openai.Error {
 		return openai.ErrOverloaded(time.Second)
 	case codes.DeadlineExceeded:
 		return openai.ErrTimeout(st.Message())
-	case codes.Canceled:
-		return openai.ErrClientClosed()
-	case codes.Unavailable:
+	case codes.Canceled, codes.Unavailable:
+		// The client's own cancellation is caught before this (ctx.Err);
+		// here the connection to the node went away.
 		return openai.ErrUnavailable("node unavailable: " + st.Message())
 	}
 	return openai.ErrInternal("node error: " + st.Message())

@@ -35,6 +35,10 @@ type member struct {
 	outstanding atomic.Int32
 	served      atomic.Uint64
 	failed      atomic.Uint64
+	// retired is set when the member leaves the registry; its connection
+	// closes once its last outstanding request ends, so a node dropped for
+	// missed heartbeats (maybe only slow) does not lose the work it holds.
+	retired atomic.Bool
 
 	mu       sync.Mutex // guards the fields below
 	info     *pb.NodeInfo
@@ -42,6 +46,25 @@ type member struct {
 	load     *pb.NodeLoad
 	lastSeen time.Time
 	draining bool
+}
+
+// acquire counts one more request on m.
+func (m *member) acquire() { m.outstanding.Add(1) }
+
+// release ends a request on m, closing a retired member's connection after
+// its last request.
+func (m *member) release() {
+	if m.outstanding.Add(-1) == 0 && m.retired.Load() {
+		m.conn.Close()
+	}
+}
+
+// retire marks m gone and closes its connection unless requests are open.
+func (m *member) retire() {
+	m.retired.Store(true)
+	if m.outstanding.Load() == 0 {
+		m.conn.Close()
+	}
 }
 
 func (m *member) snapshot() (models map[string]*pb.ModelInfo, draining bool) {
@@ -90,7 +113,7 @@ func (r *registry) add(name string, info *pb.NodeInfo) (*member, error) {
 	r.members[name] = m
 	r.mu.Unlock()
 	if old != nil {
-		old.conn.Close()
+		old.retire()
 	}
 	r.log.Info("node registered", "node", name, "addr", addr, "arch", info.GetArch(), "models", len(m.models))
 	return m, nil
@@ -106,7 +129,7 @@ func (r *registry) remove(name string, session uint64, why string) {
 	}
 	delete(r.members, name)
 	r.mu.Unlock()
-	m.conn.Close()
+	m.retire()
 	r.log.Warn("node removed", "node", name, "reason", why)
 }
 
@@ -154,7 +177,7 @@ func (r *registry) closeAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for name, m := range r.members {
-		m.conn.Close()
+		m.retire()
 		delete(r.members, name)
 	}
 }
@@ -217,6 +240,11 @@ func (s *controlService) Heartbeat(stream grpc.BidiStreamingServer[pb.HeartbeatR
 		}
 		if hb.GetNodeName() != "" && hb.GetNodeName() != id.Name {
 			return status.Errorf(codes.PermissionDenied, "heartbeat names %q but the certificate says %q", hb.GetNodeName(), id.Name)
+		}
+		if s.reg.get(id.Name) != m {
+			// Reaped (or replaced) while this stream lived: make the node
+			// register again rather than heartbeat into the void.
+			return status.Errorf(codes.FailedPrecondition, "node %s was dropped from the registry; register again", id.Name)
 		}
 		m.mu.Lock()
 		m.lastSeen = time.Now()
