@@ -63,7 +63,8 @@ func (c *Coordinator) modelInfo(model string) *pb.ModelInfo {
 	return nil
 }
 
-// statusError is a failure that carries an HTTP status for the API.
+// httpStatusRetryable says whether a failure with this status may succeed on
+// another node.
 func httpStatusRetryable(status int) bool {
 	return status >= 500 || status == http.StatusTooManyRequests
 }
