@@ -98,6 +98,11 @@ func runUp(ctx context.Context, g *globals, o upOptions) error {
 	if err != nil {
 		return err
 	}
+	// up is a foreground command: when whatever started it dies (a `go run`
+	// killed with SIGTERM does not pass the signal on), stop the cluster too.
+	if err := stopWithParent(); err != nil {
+		log.Warn("cannot follow the parent process", "err", err)
+	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}

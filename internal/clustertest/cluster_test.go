@@ -362,3 +362,49 @@ func TestUpReusesCertificates(t *testing.T) {
 		t.Fatal("second up on the same data dir did not reuse the CA and certificates")
 	}
 }
+
+// TestUpStopsWithItsParent kills the wrapper that started up (as happens to
+// `go run`, which does not pass SIGTERM on): up and its children stop.
+func TestUpStopsWithItsParent(t *testing.T) {
+	dir := t.TempDir()
+	api := FreeAddr(t)
+	sh := exec.Command("sh", "-c", fmt.Sprintf("'%s' up --nodes 2 --api %s --data-dir '%s'; true", Binary(t), api, dir))
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Process.Kill()
+	ours := func() []int {
+		var pids []int
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			if err == nil && bytes.Contains(cmdline, []byte(dir)) && !bytes.HasPrefix(cmdline, []byte("sh\x00")) {
+				var pid int
+				fmt.Sscan(e.Name(), &pid)
+				if Alive(pid) {
+					pids = append(pids, pid)
+				}
+			}
+		}
+		return pids
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(ours()) < 4 { // up, coordinator, 2 nodes
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster did not start: processes %v", ours())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	procs := ours()
+	if err := sh.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	sh.Wait()
+	deadline = time.Now().Add(20 * time.Second)
+	for len(ours()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("processes %v of the cluster (of %v) still run 20s after their parent was killed", ours(), procs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
