@@ -15,9 +15,9 @@ import (
 
 func newNodeCmd(g *globals) *cobra.Command {
 	var (
-		coordinators, listen, advertise, tlsDir, name, addrFile string
-		models                                                  []string
-		threads                                                 int
+		coordinators, listen, advertise, tlsDir, name, addrFile, metricsListen string
+		models                                                                 []string
+		threads                                                                int
 	)
 	cmd := &cobra.Command{
 		Use:   "node --coordinator HOST:PORT --tls-dir DIR --model PATH",
@@ -53,6 +53,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 			n, err := node.New(node.Config{
 				Name: name, Listen: listen, Advertise: advertise,
 				Coordinators: splitList(coordinators), TLS: bundle, Backends: backends, Logger: log,
+				MetricsListen: metricsListen,
 			})
 			if err != nil {
 				closeAll()
@@ -79,6 +80,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 	f.StringVar(&name, "name", "", "node name (default: the name in the certificate)")
 	f.StringArrayVar(&models, "model", nil, "model to serve: PATH or ID=PATH of a GGUF file (repeatable)")
 	f.IntVar(&threads, "threads", 0, "compute threads per model (default: all cores)")
+	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9464", "HTTP address of the node's Prometheus /metrics (empty disables it)")
 	f.StringVar(&addrFile, "addr-file", "", "write the bound address to this file once listening")
 	_ = f.MarkHidden("addr-file")
 	_ = cmd.MarkFlagRequired("coordinator")

@@ -216,7 +216,7 @@ func runUp(ctx context.Context, g *globals, o upOptions) error {
 	for _, name := range nodeNames {
 		if _, err := start(name, "node",
 			"--coordinator", grpcAddr, "--listen", "127.0.0.1:0",
-			"--tls-dir", bundleDir(name), "--model", modelPath,
+			"--tls-dir", bundleDir(name), "--model", modelPath, "--metrics-listen", "127.0.0.1:0",
 			"--threads", fmt.Sprint(threads)); err != nil {
 			return err
 		}

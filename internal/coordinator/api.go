@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/npumesh/npumesh/internal/openai"
 	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
 )
@@ -21,6 +23,7 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/completions", c.auth(c.handleCompletions))
 	mux.HandleFunc("POST /v1/chat/completions", c.auth(c.handleChat))
 	mux.HandleFunc("GET /api/v1/nodes", c.auth(c.handleNodes))
+	mux.Handle("GET /metrics", c.auth(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
@@ -194,6 +197,52 @@ func (c *Coordinator) handleChat(w http.ResponseWriter, r *http.Request) {
 	c.serve(w, r, req)
 }
 
+// observation follows one request for the metrics.
+type observation struct {
+	m           *metrics
+	model, node string
+	start, last time.Time
+	tokens      bool // a token has been seen
+}
+
+func (c *Coordinator) observe(model string) *observation {
+	return &observation{m: c.metrics, model: model, start: time.Now()}
+}
+
+// token records a delta's arrival: the first gives the TTFT, later ones the
+// inter-token latency.
+func (o *observation) token() {
+	now := time.Now()
+	if !o.tokens {
+		o.tokens = true
+		o.m.ttft.WithLabelValues(o.model).Observe(now.Sub(o.start).Seconds())
+	} else {
+		o.m.itl.WithLabelValues(o.model).Observe(now.Sub(o.last).Seconds())
+	}
+	o.last = now
+}
+
+// reset forgets tokens of a failed attempt whose output was discarded.
+func (o *observation) reset() { o.tokens = false }
+
+// done records the outcome of the request.
+func (o *observation) done(final *pb.Final, aerr *openai.Error) {
+	outcome := outcomeSuccess
+	switch {
+	case aerr == nil:
+		o.m.promptToks.WithLabelValues(o.model).Add(float64(final.GetUsage().GetPromptTokens()))
+		o.m.outToks.WithLabelValues(o.model).Add(float64(final.GetUsage().GetCompletionTokens()))
+	case aerr.Status == openai.StatusClientClosed:
+		outcome = outcomeCanceled
+	case aerr.Status < 500 && aerr.Status != http.StatusTooManyRequests:
+		outcome = outcomeClientError
+	default:
+		outcome = outcomeServerError
+	}
+	o.m.requests.WithLabelValues(o.model, o.node, outcome).Inc()
+	o.m.duration.WithLabelValues(o.model).Observe(time.Since(o.start).Seconds())
+}
+
 // serve runs a validated completion or chat request, streamed or not.
 func (c *Coordinator) serve(w http.ResponseWriter, r *http.Request, req *openai.Request) {
 	g, id, aerr := c.prepare(w, req)
@@ -202,22 +251,28 @@ func (c *Coordinator) serve(w http.ResponseWriter, r *http.Request, req *openai.
 		return
 	}
 	created := time.Now().Unix()
+	obs := c.observe(req.Model)
 	if req.Stream {
-		c.serveStream(w, r, req, g, id, created)
+		c.serveStream(w, r, req, g, id, created, obs)
 		return
 	}
 	var text strings.Builder
-	var node string
 	final, aerr := c.generate(r.Context(), g, sink{
-		start:       func(n string) error { node = n; return nil },
-		delta:       func(d *pb.TokenDelta) error { text.WriteString(d.GetText()); return nil },
+		start: func(n string) error { obs.node = n; return nil },
+		delta: func(d *pb.TokenDelta) error {
+			obs.token()
+			text.WriteString(d.GetText())
+			return nil
+		},
 		restartable: true,
-		reset:       func() { text.Reset() },
+		reset:       func() { text.Reset(); obs.reset() },
 	})
+	obs.done(final, aerr)
 	if aerr != nil {
 		openai.WriteError(w, aerr)
 		return
 	}
+	node := obs.node
 	w.Header().Set("X-Npumesh-Node", node)
 	usage := toUsage(final.GetUsage())
 	if req.Chat {
@@ -227,7 +282,7 @@ func (c *Coordinator) serve(w http.ResponseWriter, r *http.Request, req *openai.
 	openai.WriteJSON(w, http.StatusOK, openai.NewCompletionResponse("cmpl-"+id[4:], req.Model, created, text.String(), final.GetFinishReason(), usage))
 }
 
-func (c *Coordinator) serveStream(w http.ResponseWriter, r *http.Request, req *openai.Request, g *pb.GenerateRequest, id string, created int64) {
+func (c *Coordinator) serveStream(w http.ResponseWriter, r *http.Request, req *openai.Request, g *pb.GenerateRequest, id string, created int64, obs *observation) {
 	var sse *openai.SSEWriter
 	respID := "cmpl-" + id[4:]
 	if req.Chat {
@@ -241,6 +296,7 @@ func (c *Coordinator) serveStream(w http.ResponseWriter, r *http.Request, req *o
 	}
 	final, aerr := c.generate(r.Context(), g, sink{
 		start: func(node string) error {
+			obs.node = node
 			w.Header().Set("X-Npumesh-Node", node)
 			var err error
 			sse, err = openai.NewSSEWriter(w)
@@ -253,12 +309,14 @@ func (c *Coordinator) serveStream(w http.ResponseWriter, r *http.Request, req *o
 			return nil
 		},
 		delta: func(d *pb.TokenDelta) error {
+			obs.token()
 			if d.GetText() == "" {
 				return nil
 			}
 			return sse.Send(chunk(d.GetText(), ""))
 		},
 	})
+	obs.done(final, aerr)
 	if aerr != nil {
 		if sse == nil {
 			openai.WriteError(w, aerr)

@@ -61,6 +61,7 @@ type Coordinator struct {
 
 	grpcLn, apiLn net.Listener
 	created       int64
+	metrics       *metrics
 }
 
 // New validates cfg. Nothing listens until Listen.
@@ -90,12 +91,14 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("component", "coordinator")
-	return &Coordinator{
+	c := &Coordinator{
 		cfg:     cfg,
 		log:     log,
 		reg:     newRegistry(log, cfg.TLS, cfg.NodeTimeout),
 		created: time.Now().Unix(),
-	}, nil
+	}
+	c.metrics = newMetrics(c)
+	return c, nil
 }
 
 // checkAPIAddr refuses plain HTTP on a non-loopback address unless the

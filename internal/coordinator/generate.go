@@ -56,6 +56,7 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 		if out.reset != nil {
 			out.reset()
 		}
+		c.metrics.retries.WithLabelValues(req.GetModel()).Inc()
 		lastErr = apiErr
 	}
 	return nil, lastErr

@@ -40,12 +40,13 @@ type member struct {
 	// missed heartbeats (maybe only slow) does not lose the work it holds.
 	retired atomic.Bool
 
-	mu       sync.Mutex // guards the fields below
-	info     *pb.NodeInfo
-	models   map[string]*pb.ModelInfo
-	load     *pb.NodeLoad
-	lastSeen time.Time
-	draining bool
+	mu        sync.Mutex // guards the fields below
+	info      *pb.NodeInfo
+	models    map[string]*pb.ModelInfo
+	load      *pb.NodeLoad
+	telemetry *pb.Telemetry
+	lastSeen  time.Time
+	draining  bool
 }
 
 // acquire counts one more request on m.
@@ -104,7 +105,7 @@ func (r *registry) add(name string, info *pb.NodeInfo) (*member, error) {
 	now := time.Now()
 	m := &member{
 		name: name, addr: addr, conn: conn, client: pb.NewNodeServiceClient(conn), joined: now,
-		info: info, models: modelMap(info.GetModels()), lastSeen: now,
+		info: info, models: modelMap(info.GetModels()), lastSeen: now, telemetry: info.GetTelemetry(),
 	}
 	r.mu.Lock()
 	r.nextSes++
@@ -250,6 +251,9 @@ func (s *controlService) Heartbeat(stream grpc.BidiStreamingServer[pb.HeartbeatR
 		m.lastSeen = time.Now()
 		m.load = hb.GetLoad()
 		m.draining = hb.GetDraining()
+		if hb.Telemetry != nil {
+			m.telemetry = hb.GetTelemetry()
+		}
 		if hb.Models != nil {
 			m.models = modelMap(hb.GetModels())
 		}

@@ -98,8 +98,9 @@ func (n *Node) session(ctx context.Context, addr string) error {
 				InFlight:    n.inFlight.Load(),
 				ServedTotal: n.served.Load(),
 			},
-			Models:   n.modelInfos(),
-			Draining: n.draining.Load(),
+			Models:    n.modelInfos(),
+			Draining:  n.draining.Load(),
+			Telemetry: telemetryProto(n.sampler.Latest()),
 		}
 		if err := hb.Send(msg); err != nil {
 			if errors.Is(err, io.EOF) {

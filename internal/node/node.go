@@ -56,6 +56,11 @@ type Config struct {
 	MaxInFlight int
 	// SysRoot is where hardware discovery reads /proc and /sys from; "" is "/".
 	SysRoot string
+	// MetricsListen is the HTTP address of /metrics ("" disables it).
+	MetricsListen string
+	// TelemetryInterval is how often temperatures and power are sampled;
+	// 0 means accel.DefaultInterval.
+	TelemetryInterval time.Duration
 }
 
 // Node is a running node daemon.
@@ -76,6 +81,8 @@ type Node struct {
 	listener net.Listener
 	health   *health.Server
 	hw       accel.Report // discovered once at start
+	sampler  *accel.Sampler
+	metrics  *nodeMetrics
 }
 
 // New validates cfg and returns a node that is not yet serving.
@@ -108,7 +115,15 @@ func New(cfg Config) (*Node, error) {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 64
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), backends: map[string]Backend{}, hw: accel.Discover(cfg.SysRoot), drainStarted: make(chan struct{})}
+	if cfg.TelemetryInterval <= 0 {
+		cfg.TelemetryInterval = accel.DefaultInterval
+	}
+	n := &Node{
+		cfg: cfg, log: cfg.Logger.With("node", cfg.Name), backends: map[string]Backend{},
+		hw: accel.Discover(cfg.SysRoot), sampler: accel.NewSampler(cfg.SysRoot, cfg.TelemetryInterval),
+		drainStarted: make(chan struct{}),
+	}
+	n.metrics = newNodeMetrics(n)
 	for _, b := range cfg.Backends {
 		id := b.Info().ID
 		if _, dup := n.backends[id]; dup {
@@ -152,8 +167,26 @@ func (n *Node) Run(ctx context.Context) error {
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(srv, n.health)
 
-	serveErr := make(chan error, 1)
+	n.sampler.Start(ctx)
+	defer n.sampler.Stop()
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(n.listener) }()
+	if n.cfg.MetricsListen != "" {
+		msrv, ml, err := n.listenMetrics()
+		if err != nil {
+			srv.Stop()
+			return err
+		}
+		n.log.Info("metrics", "addr", "http://"+ml.Addr().String()+"/metrics")
+		metricsDone := make(chan struct{})
+		go func() {
+			defer close(metricsDone)
+			if err := runMetrics(msrv, ml); err != nil {
+				serveErr <- fmt.Errorf("node: metrics server: %w", err)
+			}
+		}()
+		defer func() { msrv.Close(); <-metricsDone }()
+	}
 	n.log.Info("serving", "addr", n.listener.Addr().String(), "models", n.modelIDs())
 
 	ctrlCtx, stopCtrl := context.WithCancel(context.Background())
@@ -238,6 +271,7 @@ func (n *Node) info(advertise string) *pb.NodeInfo {
 		MemoryAvailableBytes: n.hw.Memory.AvailableBytes,
 		Models:               n.modelInfos(),
 		GrpcAddress:          advertise,
+		Telemetry:            telemetryProto(n.sampler.Latest()),
 	}
 	for _, a := range n.hw.Accelerators {
 		pa := &pb.Accelerator{
@@ -303,9 +337,14 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	})
 	if err != nil {
 		log.Debug("generate failed", "err", err)
-		return toStatus(err)
+		st := toStatus(err)
+		n.metrics.requests.WithLabelValues(req.GetModel(), strings.ToLower(status.Code(st).String())).Inc()
+		return st
 	}
 	n.served.Add(1)
+	n.metrics.requests.WithLabelValues(req.GetModel(), "ok").Inc()
+	n.metrics.promptToks.WithLabelValues(req.GetModel()).Add(float64(res.PromptTokens))
+	n.metrics.outToks.WithLabelValues(req.GetModel()).Add(float64(res.CompletionTokens))
 	log.Debug("generated", "prompt_tokens", res.PromptTokens, "completion_tokens", res.CompletionTokens, "dur", time.Since(start))
 	return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Final{Final: &pb.Final{
 		Usage: &pb.Usage{
