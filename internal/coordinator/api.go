@@ -23,7 +23,13 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/completions", c.auth(c.handleCompletions))
 	mux.HandleFunc("POST /v1/chat/completions", c.auth(c.handleChat))
 	mux.HandleFunc("GET /api/v1/nodes", c.auth(c.handleNodes))
+	mux.HandleFunc("GET /api/v1/stats", c.auth(c.handleStats))
 	mux.Handle("GET /metrics", c.auth(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP))
+	if c.cfg.Dashboard != nil {
+		// The page is static and public; its data comes from /api/v1/*,
+		// which asks for the API key when keys are configured.
+		mux.Handle("GET /", c.cfg.Dashboard)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
@@ -117,7 +123,8 @@ func (c *Coordinator) handleNodes(w http.ResponseWriter, r *http.Request) {
 		v.Failed = m.failed.Load()
 		views = append(views, v)
 	}
-	openai.WriteJSON(w, http.StatusOK, map[string]any{"nodes": views})
+	// "nodes" are the live ones; "departed" those that left recently (down).
+	openai.WriteJSON(w, http.StatusOK, map[string]any{"nodes": views, "departed": c.reg.recentlyDeparted()})
 }
 
 func newRequestID() string {
@@ -200,13 +207,15 @@ func (c *Coordinator) handleChat(w http.ResponseWriter, r *http.Request) {
 // observation follows one request for the metrics.
 type observation struct {
 	m           *metrics
+	recent      *recentStats
 	model, node string
 	start, last time.Time
-	tokens      bool // a token has been seen
+	first       time.Time // first token; zero before
+	tokens      bool      // a token has been seen
 }
 
 func (c *Coordinator) observe(model string) *observation {
-	return &observation{m: c.metrics, model: model, start: time.Now()}
+	return &observation{m: c.metrics, recent: &c.recent, model: model, start: time.Now()}
 }
 
 // token records a delta's arrival: the first gives the TTFT, later ones the
@@ -215,6 +224,7 @@ func (o *observation) token() {
 	now := time.Now()
 	if !o.tokens {
 		o.tokens = true
+		o.first = now
 		o.m.ttft.WithLabelValues(o.model).Observe(now.Sub(o.start).Seconds())
 	} else {
 		o.m.itl.WithLabelValues(o.model).Observe(now.Sub(o.last).Seconds())
@@ -223,7 +233,7 @@ func (o *observation) token() {
 }
 
 // reset forgets tokens of a failed attempt whose output was discarded.
-func (o *observation) reset() { o.tokens = false }
+func (o *observation) reset() { o.tokens, o.first = false, time.Time{} }
 
 // done records the outcome of the request.
 func (o *observation) done(final *pb.Final, aerr *openai.Error) {
@@ -241,6 +251,17 @@ func (o *observation) done(final *pb.Final, aerr *openai.Error) {
 	}
 	o.m.requests.WithLabelValues(o.model, o.node, outcome).Inc()
 	o.m.duration.WithLabelValues(o.model).Observe(time.Since(o.start).Seconds())
+	if outcome == outcomeCanceled {
+		return
+	}
+	rs := requestSample{end: time.Now(), duration: time.Since(o.start), failed: aerr != nil}
+	if !o.first.IsZero() {
+		rs.ttft = o.first.Sub(o.start)
+	}
+	if aerr == nil {
+		rs.tokens = int(final.GetUsage().GetCompletionTokens())
+	}
+	o.recent.add(rs)
 }
 
 // serve runs a validated completion or chat request, streamed or not.

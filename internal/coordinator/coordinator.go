@@ -51,6 +51,8 @@ type Config struct {
 	MaxOutstandingPerNode int
 	// Limits for decoding API requests.
 	Limits openai.Limits
+	// Dashboard, when set, is served at / (internal/web provides it).
+	Dashboard http.Handler
 }
 
 // Coordinator is a running coordinator.
@@ -62,6 +64,7 @@ type Coordinator struct {
 	grpcLn, apiLn net.Listener
 	created       int64
 	metrics       *metrics
+	recent        recentStats
 }
 
 // New validates cfg. Nothing listens until Listen.
@@ -98,6 +101,7 @@ func New(cfg Config) (*Coordinator, error) {
 		created: time.Now().Unix(),
 	}
 	c.metrics = newMetrics(c)
+	c.recent.started = time.Now()
 	return c, nil
 }
 

@@ -80,10 +80,25 @@ type registry struct {
 	tls     *pki.Bundle
 	timeout time.Duration // a node silent this long is dropped
 
-	mu      sync.RWMutex // guards members and nextSession
-	members map[string]*member
-	nextSes uint64
+	mu       sync.RWMutex // guards members, nextSes and departed
+	members  map[string]*member
+	nextSes  uint64
+	departed []departure // newest last, at most maxDeparted
 }
+
+// departure is a node that left, kept a while so people and dashboards see
+// it as down rather than silently gone.
+type departure struct {
+	Name   string    `json:"name"`
+	Arch   string    `json:"arch"`
+	Left   time.Time `json:"left"`
+	Reason string    `json:"reason"`
+}
+
+const (
+	maxDeparted     = 64
+	departedTimeout = 10 * time.Minute
+)
 
 func newRegistry(log *slog.Logger, tls *pki.Bundle, timeout time.Duration) *registry {
 	return &registry{log: log, tls: tls, timeout: timeout, members: map[string]*member{}}
@@ -129,6 +144,10 @@ func (r *registry) remove(name string, session uint64, why string) {
 		return
 	}
 	delete(r.members, name)
+	r.departed = append(r.departed, departure{Name: name, Arch: m.info.GetArch(), Left: time.Now(), Reason: why})
+	if len(r.departed) > maxDeparted {
+		r.departed = r.departed[len(r.departed)-maxDeparted:]
+	}
 	r.mu.Unlock()
 	m.retire()
 	r.log.Warn("node removed", "node", name, "reason", why)
@@ -138,6 +157,24 @@ func (r *registry) get(name string) *member {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.members[name]
+}
+
+// recentlyDeparted lists nodes that left in the last departedTimeout and
+// have not come back, newest first.
+func (r *registry) recentlyDeparted() []departure {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := []departure{}
+	seen := map[string]bool{}
+	for i := len(r.departed) - 1; i >= 0; i-- {
+		d := r.departed[i]
+		if time.Since(d.Left) > departedTimeout || seen[d.Name] || r.members[d.Name] != nil {
+			continue
+		}
+		seen[d.Name] = true
+		out = append(out, d)
+	}
+	return out
 }
 
 // list returns the live nodes sorted by name.
