@@ -12,3 +12,6 @@ echo "== generated code is up to date"
 
 echo "== go test -race"
 CGO_ENABLED=1 go test -race -count=1 -timeout 25m ./...
+
+echo "== fuzz (bounded)"
+./scripts/fuzz.sh
