@@ -14,12 +14,14 @@ const mod = "github.com/npumesh/npumesh/"
 // forbidden lists, per package, import paths (prefixes) that must not appear
 // anywhere in its transitive dependencies.
 var forbidden = map[string][]string{
-	"internal/engine":    {"net/http", "google.golang.org/grpc", mod + "proto"},
-	"internal/gguf":      {"net/http", "google.golang.org/grpc", mod + "proto"},
-	"internal/tokenizer": {"net/http", "google.golang.org/grpc", mod + "proto"},
-	"internal/accel":     {"net/http", "google.golang.org/grpc", mod + "proto"},
-	"internal/openai":    {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
-	"internal/pki":       {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
+	"internal/engine":      {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/gguf":        {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/tokenizer":   {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/accel":       {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/safetensors": {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/synth":       {"net/http", "google.golang.org/grpc", mod + "proto"},
+	"internal/openai":      {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
+	"internal/pki":         {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
 	"internal/coordinator": {
 		mod + "internal/engine", mod + "internal/node", mod + "internal/gguf",
 	},

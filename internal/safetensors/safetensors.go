@@ -298,8 +298,11 @@ func Parse(name string, data []byte) (*File, error) {
 				where = `key "__metadata__"`
 			}
 		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = errors.New("the JSON ends early")
+		}
 		if !errors.Is(err, ErrUnknownDType) {
-			err = fmt.Errorf("invalid header JSON: %w: %w", err, ErrCorrupt)
+			err = fmt.Errorf("invalid header: %w: %w", err, ErrCorrupt)
 		}
 		return nil, &FormatError{File: name, Where: where, Err: err}
 	}
@@ -527,7 +530,7 @@ func readTensorInfo(dec *json.Decoder) (t *Tensor, begin, end uint64, err error)
 			}
 			t.Shape = make([]int, len(dims))
 			for i, d := range dims {
-				if d > MaxDim {
+				if d > MaxDim || d > math.MaxInt {
 					return fmt.Errorf("shape %v: dimension %d is absurdly large", dims, d)
 				}
 				t.Shape[i] = int(d)
@@ -561,6 +564,3 @@ func readTensorInfo(dec *json.Decoder) (t *Tensor, begin, end uint64, err error)
 	}
 	return t, begin, end, err
 }
-
-// float helpers shared by the config parsers.
-func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }

@@ -87,7 +87,7 @@ func (w *Writer) check(name string, dtype DType, shape []int) (uint64, error) {
 		return 0, fmt.Errorf("safetensors writer: tensor %q: %d dimensions (at most %d)", name, len(shape), MaxRank)
 	}
 	for _, d := range shape {
-		if d < 0 || d > MaxDim {
+		if d < 0 || uint64(d) > MaxDim {
 			return 0, fmt.Errorf("safetensors writer: tensor %q: dimension %d in %v", name, d, shape)
 		}
 	}
