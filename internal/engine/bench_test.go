@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"sync"
 	"testing"
+
+	"github.com/npumesh/npumesh/internal/kvcache"
 )
 
 func randMatrix(rows, cols int, f16 bool) matrix {
@@ -88,27 +91,87 @@ func BenchmarkMatVec(b *testing.B) {
 	}
 }
 
-// BenchmarkDecodeStep is one forward pass of stories260K at position 100.
-func BenchmarkDecodeStep(b *testing.B) {
-	m := loadStories(b, Options{Threads: 1})
-	s := newState(&m.hp)
-	for pos := range 100 {
-		m.forward(s, 1, pos, false)
-	}
-	kc, vc := s.kc, s.vc
-	for b.Loop() {
-		for l := range kc {
-			s.kc[l], s.vc[l] = kc[l][:100*m.hp.kvDim()], vc[l][:100*m.hp.kvDim()]
-		}
-		m.forward(s, 300, 100, true)
-	}
-}
-
 func BenchmarkGenerate200(b *testing.B) {
 	m := loadStories(b, Options{Threads: 1})
 	for b.Loop() {
 		if _, err := m.Generate(context.Background(), Request{MaxTokens: 200}, func(Delta) error { return nil }); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// benchModel is a synthetic llama of about 25M F32 weights (dim 512, 8
+// layers), large enough that the weights do not fit in cache.
+func benchModel(b *testing.B, threads int) *Model {
+	sm := writeSynthetic(b, synthConfig{arch: "llama", dim: 512, hidden: 1376, layers: 8, heads: 8, kvHeads: 8,
+		vocab: 2048, ctx: 1024, ropeBase: 10000, seed: 1})
+	m, err := Load(sm.path, Options{Threads: threads})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	return m
+}
+
+// BenchmarkDecodeStep is one decoding step of n sequences at position 100
+// through Model.forward; tok/s is the aggregate over the batch.
+func BenchmarkDecodeStep(b *testing.B) {
+	for _, threads := range []int{1, runtime.NumCPU()} {
+		m := benchModel(b, threads)
+		for _, n := range []int{1, 8} {
+			b.Run(fmt.Sprintf("threads=%d/batch=%d", threads, n), func(b *testing.B) {
+				kvs := make([]*kvcache.Seq, n)
+				for j := range kvs {
+					kvs[j] = m.cache.NewSeq()
+					if err := kvs[j].Reserve(101); err != nil {
+						b.Fatal(err)
+					}
+					kvs[j].Commit(make([]int32, 100))
+					defer kvs[j].Release()
+				}
+				var bt batch
+				for b.Loop() {
+					bt.reset()
+					for j, kv := range kvs {
+						bt.add(int32(3+j), 100, kv, true)
+					}
+					m.forward(&bt)
+				}
+				b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tok/s")
+			})
+		}
+	}
+}
+
+// BenchmarkGenerateConcurrent runs n Generate calls at once (16-token
+// prompts, 32 tokens each) through the scheduler; tok/s counts completion
+// tokens of all of them.
+func BenchmarkGenerateConcurrent(b *testing.B) {
+	m := benchModel(b, runtime.NumCPU())
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			tokens := 0
+			for b.Loop() {
+				var wg sync.WaitGroup
+				var mu sync.Mutex
+				for j := range n {
+					wg.Go(func() {
+						prompt := make([]int32, 16)
+						for i := range prompt {
+							prompt[i] = int32(3 + (7*j+i)%2000)
+						}
+						res, err := m.Generate(context.Background(), Request{PromptIDs: prompt, MaxTokens: 32, Temperature: 1, Seed: seed(uint64(j))}, nil)
+						if err != nil {
+							b.Error(err)
+						}
+						mu.Lock()
+						tokens += res.CompletionTokens
+						mu.Unlock()
+					})
+				}
+				wg.Wait()
+			}
+			b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "tok/s")
+		})
 	}
 }

@@ -1,9 +1,14 @@
 // Package engine runs language models on the CPU in pure Go: it loads a
-// GGUF file, tokenizes, runs the transformer forward pass with a KV cache
-// per request, samples and streams text. It is the built-in backend behind
-// the node daemon. It knows nothing of the network (no net/http, no gRPC)
-// and nothing of scheduling across requests: each Generate call owns its
-// cache, and the weights are shared read-only.
+// GGUF file, tokenizes, runs the transformer forward pass, samples and
+// streams text. It is the built-in backend behind the node daemon.
+//
+// Concurrent Generate calls on one Model are decoded together: a scheduler
+// goroutine owned by the Model runs one step at a time for every running
+// sequence, so each weight matrix is read once per step for all of them.
+// Keys and values live in a paged cache (package kvcache) whose full
+// blocks outlive their request, so a prompt that repeats a cached prefix
+// skips computing it. The engine knows nothing of the network (no
+// net/http, no gRPC).
 package engine
 
 import (
@@ -17,21 +22,51 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kvcache"
 	"github.com/npumesh/npumesh/internal/tokenizer"
 )
 
 // Options tune Load.
 type Options struct {
-	// ID is the model id; default: the file name without ".gguf".
+	// ID is the model id; default: the file name without ".gguf". It
+	// also seeds the KV cache's block hashes (kvcache/blockhash).
 	ID string
-	// Threads is the number of goroutines a matrix-vector product is
-	// split across; 0 means runtime.NumCPU().
+	// Threads is the number of goroutines a matrix product is split
+	// across; 0 means runtime.NumCPU().
 	Threads int
 	// ContextLength is the number of positions (prompt and completion);
 	// 0 means the model's own.
 	ContextLength int
+	// KVBudgetBytes caps the memory of the KV cache, shared by all
+	// running sequences and the cached prefixes of finished ones. 0 means
+	// four full contexts, but at most 4 GiB; any budget is raised to hold
+	// at least one full context. Memory is taken as blocks are first used.
+	KVBudgetBytes int64
+	// BlockSize is the number of positions per KV cache block, the unit
+	// of prefix reuse; 0 means kvcache.DefaultBlockSize (16).
+	BlockSize int
+	// PrefillChunk is the number of prompt tokens a sequence runs per
+	// step, so that a long prompt does not stall the decoding of others;
+	// 0 means 64.
+	PrefillChunk int
+	// MaxBatch is the number of sequences decoded together at most;
+	// further requests wait for a place. 0 means 32.
+	MaxBatch int
+	// OnCacheEvent, when set, receives the hashes of KV blocks stored and
+	// evicted, for the router's prefix scoring. It is called on the
+	// scheduler goroutine and must not block.
+	OnCacheEvent func(kvcache.Event)
 }
+
+// Defaults of Options.
+const (
+	defaultPrefillChunk = 64
+	defaultMaxBatch     = 32
+	defaultKVContexts   = 4
+	defaultKVMaxBytes   = 4 << 30
+)
 
 // ModelInfo describes a loaded model.
 type ModelInfo struct {
@@ -41,6 +76,9 @@ type ModelInfo struct {
 	Parameters    uint64 // number of weights
 	SizeBytes     uint64 // bytes of tensor data
 	Quantization  string // type of most weight bytes, e.g. "F32", "F16"
+	// BlockSize is the KV cache block size: a router hashes prompts with
+	// blockhash.Chain(ID, tokens, BlockSize) to find cached prefixes.
+	BlockSize int
 }
 
 // Model is a loaded model. Its methods are safe for concurrent use.
@@ -52,10 +90,12 @@ type Model struct {
 	threads int
 	// chatTemplate is the model's Jinja chat template, "" when it has none.
 	chatTemplate string
+	cache        *kvcache.Cache
+	sched        *scheduler
 
 	// mu guards closed and file: Generate holds it shared for its whole
 	// run, so Close (exclusive) waits for running generations before it
-	// unmaps the weights they read.
+	// stops the scheduler and unmaps the weights they read.
 	mu     sync.RWMutex
 	closed bool
 	file   *gguf.File
@@ -64,12 +104,12 @@ type Model struct {
 // ErrClosed is returned by Generate after Close.
 var ErrClosed = errors.New("engine: model closed")
 
-// Load opens a GGUF model (architecture "llama", F32 or F16 weights) and
-// prepares it for Generate. The weights stay in the file's read-only
-// mapping until Close.
+// Load opens a GGUF model (an architecture registered in package arch:
+// llama, qwen2; F32 or F16 weights) and prepares it for Generate. The
+// weights stay in the file's read-only mapping until Close.
 func Load(path string, opts Options) (*Model, error) {
-	if opts.Threads < 0 || opts.ContextLength < 0 {
-		return nil, fmt.Errorf("load model %q: negative Threads (%d) or ContextLength (%d)", path, opts.Threads, opts.ContextLength)
+	if opts.Threads < 0 || opts.ContextLength < 0 || opts.KVBudgetBytes < 0 || opts.BlockSize < 0 || opts.PrefillChunk < 0 || opts.MaxBatch < 0 {
+		return nil, fmt.Errorf("load model %q: negative option in %+v", path, opts)
 	}
 	f, err := gguf.Open(path)
 	if err != nil {
@@ -84,28 +124,21 @@ func Load(path string, opts Options) (*Model, error) {
 }
 
 func newModel(f *gguf.File, opts Options) (*Model, error) {
-	arch, err := f.String("general.architecture")
-	if err != nil {
-		return nil, err
-	}
-	if arch != "llama" {
-		return nil, fmt.Errorf("architecture %q is not supported (this engine runs: llama)", arch)
-	}
-	hp, err := readHparams(f, arch)
+	hp, err := arch.Read(f)
 	if err != nil {
 		return nil, err
 	}
 	if opts.ContextLength > 0 {
-		hp.ctx = opts.ContextLength
+		hp.Context = opts.ContextLength
 	}
-	tok, err := spmFromGGUF(f)
+	tok, err := tokenizerFromGGUF(f)
 	if err != nil {
 		return nil, err
 	}
-	if tok.VocabSize() != hp.vocab {
-		return nil, fmt.Errorf("tokenizer has %d tokens, token_embd.weight %d rows", tok.VocabSize(), hp.vocab)
+	if tok.VocabSize() != hp.Vocab {
+		return nil, fmt.Errorf("tokenizer has %d tokens, token_embd.weight %d rows", tok.VocabSize(), hp.Vocab)
 	}
-	w, err := loadWeights(f, hp)
+	w, err := loadWeights(f, &hp)
 	if err != nil {
 		return nil, err
 	}
@@ -118,9 +151,12 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 		threads = runtime.NumCPU()
 	}
 	m := &Model{hp: hp, w: w, tok: tok, threads: threads, file: f}
+	if m.cache, err = newCache(&hp, id, opts); err != nil {
+		return nil, err
+	}
 	// A model without a template is served with the node's fallback.
 	m.chatTemplate, _ = f.String("tokenizer.chat_template")
-	m.info = ModelInfo{ID: id, Arch: arch, ContextLength: hp.ctx}
+	m.info = ModelInfo{ID: id, Arch: hp.Arch, ContextLength: hp.Context, BlockSize: m.cache.BlockSize()}
 	bytesByType := map[gguf.Type]uint64{}
 	for _, t := range f.Tensors() {
 		m.info.Parameters += t.NumElements()
@@ -137,7 +173,36 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 			most, m.info.Quantization = n, typ.String()
 		}
 	}
+	chunk := opts.PrefillChunk
+	if chunk == 0 {
+		chunk = defaultPrefillChunk
+	}
+	maxBatch := opts.MaxBatch
+	if maxBatch == 0 {
+		maxBatch = defaultMaxBatch
+	}
+	m.sched = startScheduler(m, chunk, maxBatch)
 	return m, nil
+}
+
+// newCache sizes the KV cache: the budget asked for, or the default, but
+// never less than one full context, so that one sequence always fits.
+func newCache(hp *hparams, id string, opts Options) (*kvcache.Cache, error) {
+	bs := opts.BlockSize
+	if bs == 0 {
+		bs = kvcache.DefaultBlockSize
+	}
+	blockBytes := 4 * 2 * int64(hp.Layers) * int64(bs) * int64(hp.KVDim())
+	context := int64((hp.Context+bs-1)/bs) * blockBytes
+	budget := opts.KVBudgetBytes
+	if budget == 0 {
+		budget = min(defaultKVContexts*context, defaultKVMaxBytes)
+	}
+	budget = max(budget, context)
+	return kvcache.New(kvcache.Config{
+		ModelID: id, BlockSize: bs, Layers: hp.Layers, KVDim: hp.KVDim(),
+		BudgetBytes: budget, OnEvent: opts.OnCacheEvent,
+	})
 }
 
 // ChatTemplate returns the model's own Jinja chat template (GGUF
@@ -162,8 +227,12 @@ func (m *Model) Info() ModelInfo { return m.info }
 // Tokenizer returns the model's tokenizer.
 func (m *Model) Tokenizer() tokenizer.Tokenizer { return m.tok }
 
-// Close waits for running Generate calls to return and releases the
-// weights. Cancel their contexts first to make it prompt.
+// CacheStats returns the KV cache's block counts.
+func (m *Model) CacheStats() kvcache.Stats { return m.cache.Stats() }
+
+// Close waits for running Generate calls to return, stops the scheduler
+// and releases the weights. Cancel the calls' contexts first to make it
+// prompt.
 func (m *Model) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -171,110 +240,36 @@ func (m *Model) Close() error {
 		return nil
 	}
 	m.closed = true
+	m.sched.stop()
 	m.w = weights{}
 	return m.file.Close()
 }
 
-// ropeStyle is how a model pairs the dimensions that RoPE rotates.
-type ropeStyle int
+// hparams are the architecture's hyperparameters (package arch).
+type hparams = arch.Params
 
-const (
-	// ropeAdjacent rotates pairs (x[2i], x[2i+1]): ggml's normal mode,
-	// used by GGUF llama files (the converter permutes Q and K into it)
-	// and by llama2.c.
-	ropeAdjacent ropeStyle = iota
-	// ropeHalf rotates pairs (x[i], x[i+d/2]): Hugging Face's
-	// rotate_half and ggml's NeoX mode, for checkpoints used as trained.
-	ropeHalf
-)
-
-type hparams struct {
-	dim, hidden, layers int
-	heads, kvHeads      int
-	headDim, rotDim     int
-	vocab, ctx          int
-	eps                 float32
-	ropeBase            float64
-	rope                ropeStyle
-}
-
-func (h *hparams) kvDim() int { return h.kvHeads * h.headDim }
-
-// readHparams reads <arch>.* metadata and checks it is consistent.
-func readHparams(f *gguf.File, arch string) (hparams, error) {
-	var hp hparams
-	ints := []struct {
-		key      string
-		dst      *int
-		optional bool
-	}{
-		{"context_length", &hp.ctx, false},
-		{"embedding_length", &hp.dim, false},
-		{"feed_forward_length", &hp.hidden, false},
-		{"block_count", &hp.layers, false},
-		{"attention.head_count", &hp.heads, false},
-		{"attention.head_count_kv", &hp.kvHeads, true},
-		{"rope.dimension_count", &hp.rotDim, true},
-	}
-	for _, c := range ints {
-		v, err := f.Uint(arch + "." + c.key)
-		if c.optional && errors.Is(err, gguf.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return hp, err
-		}
-		// Far above any real model; keeps size arithmetic from overflowing.
-		if v == 0 || v > 1<<24 {
-			return hp, fmt.Errorf("%s.%s is %d", arch, c.key, v)
-		}
-		*c.dst = int(v)
-	}
-	if hp.kvHeads == 0 {
-		hp.kvHeads = hp.heads
-	}
-	if hp.dim%hp.heads != 0 || hp.heads%hp.kvHeads != 0 {
-		return hp, fmt.Errorf("%d heads and %d KV heads do not divide embedding length %d", hp.heads, hp.kvHeads, hp.dim)
-	}
-	hp.headDim = hp.dim / hp.heads
-	if hp.rotDim == 0 {
-		hp.rotDim = hp.headDim
-	}
-	if hp.rotDim > hp.headDim || hp.rotDim%2 != 0 {
-		return hp, fmt.Errorf("rope dimension %d does not fit head size %d", hp.rotDim, hp.headDim)
-	}
-	eps, err := f.Float(arch + ".attention.layer_norm_rms_epsilon")
-	if err != nil {
-		return hp, err
-	}
-	hp.eps = float32(eps)
-	hp.ropeBase = 10000
-	if b, err := f.Float(arch + ".rope.freq_base"); err == nil {
-		hp.ropeBase = b
-	} else if !errors.Is(err, gguf.ErrNotFound) {
-		return hp, err
-	}
-	if !(hp.ropeBase > 0) || !(hp.eps >= 0) {
-		return hp, fmt.Errorf("rope base %v or epsilon %v out of range", hp.ropeBase, hp.eps)
-	}
-	if t, ok := f.Tensor("token_embd.weight"); ok && len(t.Dims) == 2 {
-		hp.vocab = int(t.Dims[1])
-	} else {
-		return hp, errors.New("tensor token_embd.weight missing or not 2-dimensional")
-	}
-	hp.rope = ropeAdjacent
-	return hp, nil
-}
-
-// spmFromGGUF builds the SentencePiece tokenizer from tokenizer.ggml.*.
-func spmFromGGUF(f *gguf.File) (*tokenizer.SPM, error) {
+// tokenizerFromGGUF builds the tokenizer that tokenizer.ggml.model names.
+func tokenizerFromGGUF(f *gguf.File) (*tokenizer.SPM, error) {
 	model, err := f.String("tokenizer.ggml.model")
 	if err != nil {
 		return nil, err
 	}
-	if model != "llama" {
-		return nil, fmt.Errorf("tokenizer %q is not supported (this engine reads: llama)", model)
+	switch model {
+	case "llama":
+		return spmFromGGUF(f)
+	case "gpt2":
+		// TODO(tokenizer): byte-level BPE from tokenizer.ggml.tokens and
+		// tokenizer.ggml.merges (Llama-3, Qwen2 GGUFs) once package
+		// tokenizer exports a constructor from a GGUF-style vocabulary
+		// and merge list; its byte-level BPE only loads tokenizer.json.
+		return nil, fmt.Errorf("tokenizer %q (byte-level BPE) from GGUF metadata is not supported yet (this engine reads: llama)", model)
 	}
+	return nil, fmt.Errorf("tokenizer %q is not supported (this engine reads: llama)", model)
+}
+
+// spmFromGGUF builds the SentencePiece tokenizer from tokenizer.ggml.*.
+func spmFromGGUF(f *gguf.File) (*tokenizer.SPM, error) {
+	var err error
 	cfg := tokenizer.SPMConfig{AddBOS: true, AddSpacePrefix: true}
 	if cfg.Tokens, err = f.Strings("tokenizer.ggml.tokens"); err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
 	"github.com/npumesh/npumesh/internal/testdata"
 	"github.com/npumesh/npumesh/internal/tokenizer"
@@ -79,7 +80,7 @@ func TestGreedyMatchesLlama2c(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	m := loadStories(t, Options{})
-	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32"}
+	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32", BlockSize: 16}
 	if got := m.Info(); got != want {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
@@ -289,8 +290,9 @@ func TestClose(t *testing.T) {
 }
 
 // rewrite copies the stories GGUF with edits: edit may change a tensor
-// (return keep=false to drop it), kv sets or replaces metadata.
-func rewrite(t *testing.T, edit func(tt *gguf.Tensor) (typ gguf.Type, dims []uint64, data []byte, keep bool), kv map[string]any) string {
+// (return keep=false to drop it), kv sets or replaces metadata, and more
+// may add to the writer.
+func rewrite(t *testing.T, edit func(tt *gguf.Tensor) (typ gguf.Type, dims []uint64, data []byte, keep bool), kv map[string]any, more ...func(w *gguf.Writer)) string {
 	t.Helper()
 	f, err := gguf.Open(storiesPath(t))
 	if err != nil {
@@ -320,6 +322,9 @@ func rewrite(t *testing.T, edit func(tt *gguf.Tensor) (typ gguf.Type, dims []uin
 		if err := w.AddTensor(tt.Name, typ, dims, data); err != nil {
 			t.Fatal(err)
 		}
+	}
+	for _, f := range more {
+		f(w)
 	}
 	var buf bytes.Buffer
 	if _, err := w.WriteTo(&buf); err != nil {
@@ -409,13 +414,12 @@ func TestF16Weights(t *testing.T) {
 	}
 	m32 := loadStories(t, Options{})
 	ids, _ := m32.Tokenizer().Encode(expectedGreedy(t), true)
-	s16, s32 := newState(&m16.hp), newState(&m32.hp)
+	s16, s32 := newSingle(t, m16), newSingle(t, m32)
 	var worst float64
 	for pos, id := range ids[:50] {
-		m16.forward(s16, id, pos, true)
-		m32.forward(s32, id, pos, true)
-		for i := range s32.logits {
-			worst = max(worst, math.Abs(float64(s16.logits[i]-s32.logits[i])))
+		l16, l32 := s16.forward(id, pos), s32.forward(id, pos)
+		for i := range l32 {
+			worst = max(worst, math.Abs(float64(l16[i]-l32[i])))
 		}
 	}
 	if worst > 0.05 {
@@ -446,35 +450,34 @@ func permuteRows(m matrix, hd int) matrix {
 func TestRopeLayouts(t *testing.T) {
 	adj := loadStories(t, Options{})
 	// half shares the read-only weights; only Q/K and the style differ.
-	half := &Model{hp: adj.hp, w: adj.w, tok: adj.tok, threads: 1}
-	half.hp.rope = ropeHalf
+	half := &Model{hp: adj.hp, w: adj.w, tok: adj.tok, threads: 1, cache: adj.cache}
+	half.hp.Rope = arch.RopeNeoX
 	half.w.layers = append([]layer(nil), adj.w.layers...)
 	for i := range half.w.layers {
-		half.w.layers[i].wq = permuteRows(adj.w.layers[i].wq, adj.hp.headDim)
-		half.w.layers[i].wk = permuteRows(adj.w.layers[i].wk, adj.hp.headDim)
+		half.w.layers[i].wq = permuteRows(adj.w.layers[i].wq, adj.hp.HeadDim)
+		half.w.layers[i].wk = permuteRows(adj.w.layers[i].wk, adj.hp.HeadDim)
 	}
 	ids, _ := adj.Tokenizer().Encode(expectedGreedy(t), true)
-	sa, sh := newState(&adj.hp), newState(&half.hp)
+	sa, sh := newSingle(t, adj), newSingle(t, half)
 	var worst float64
 	for pos, id := range ids[:100] {
-		adj.forward(sa, id, pos, true)
-		half.forward(sh, id, pos, true)
-		for i := range sa.logits {
-			worst = max(worst, math.Abs(float64(sa.logits[i]-sh.logits[i])))
+		la, lh := sa.forward(id, pos), sh.forward(id, pos)
+		for i := range la {
+			worst = max(worst, math.Abs(float64(la[i]-lh[i])))
 		}
 	}
 	if worst > 1e-4 {
 		t.Errorf("rotate-half on permuted weights differs from adjacent pairs by %v", worst)
 	}
 	// And the style matters: rotate-half on unpermuted weights differs.
-	wrong := &Model{hp: adj.hp, w: adj.w, tok: adj.tok, threads: 1}
-	wrong.hp.rope = ropeHalf
-	sw := newState(&wrong.hp)
+	wrong := &Model{hp: adj.hp, w: adj.w, tok: adj.tok, threads: 1, cache: adj.cache}
+	wrong.hp.Rope = arch.RopeNeoX
+	sa, sw := newSingle(t, adj), newSingle(t, wrong)
+	var la, lw []float32
 	for pos, id := range ids[:10] {
-		adj.forward(sa, id, pos, true)
-		wrong.forward(sw, id, pos, true)
+		la, lw = sa.forward(id, pos), sw.forward(id, pos)
 	}
-	if sa.logits[argmax(sa.logits)] == sw.logits[argmax(sa.logits)] {
+	if la[argmax(la)] == lw[argmax(la)] {
 		t.Error("rope style had no effect")
 	}
 }
@@ -557,19 +560,27 @@ func TestSampler(t *testing.T) {
 
 // The engine must stay off the network stack (ARCHITECTURE.md).
 func TestNoNetworkImports(t *testing.T) {
-	pkgs, err := parser.ParseDir(token.NewFileSet(), ".", func(fi os.FileInfo) bool {
-		return !strings.HasSuffix(fi.Name(), "_test.go")
-	}, parser.ImportsOnly)
-	if err != nil {
-		t.Fatal(err)
+	// This package, arch and the KV cache packages.
+	var files []string
+	for _, pattern := range []string{"*.go", "arch/*.go", "../kvcache/*.go", "../kvcache/blockhash/*.go"} {
+		m, err := filepath.Glob(pattern)
+		if err != nil || len(m) == 0 {
+			t.Fatalf("no files match %s: %v", pattern, err)
+		}
+		files = append(files, m...)
 	}
-	for _, p := range pkgs {
-		for name, f := range p.Files {
-			for _, imp := range f.Imports {
-				path, _ := strconv.Unquote(imp.Path.Value)
-				if path == "net" || strings.HasPrefix(path, "net/") || strings.Contains(path, "grpc") {
-					t.Errorf("%s imports %s", name, path)
-				}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), name, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			path, _ := strconv.Unquote(imp.Path.Value)
+			if path == "net" || strings.HasPrefix(path, "net/") || strings.Contains(path, "grpc") {
+				t.Errorf("%s imports %s", name, path)
 			}
 		}
 	}

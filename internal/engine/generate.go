@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 
 	"github.com/npumesh/npumesh/internal/tokenizer"
@@ -47,6 +48,9 @@ type Result struct {
 	PromptTokens     int
 	CompletionTokens int // tokens sampled, an end-of-generation token included
 	FinishReason     string
+	// CachedTokens is the number of prompt tokens whose keys and values
+	// came from the prefix cache instead of being computed.
+	CachedTokens int
 }
 
 // Finish reasons.
@@ -102,7 +106,7 @@ func (m *Model) checkRequest(req *Request) error {
 			return invalid("stop", ErrInvalidParam, "empty stop string")
 		}
 	}
-	n := int32(m.hp.vocab)
+	n := int32(m.hp.Vocab)
 	for i, id := range req.PromptIDs {
 		if id < 0 || id >= n {
 			return invalid("prompt", ErrTokenRange, "token %d at index %d is outside the vocabulary [0, %d)", id, i, n)
@@ -115,10 +119,14 @@ func (m *Model) checkRequest(req *Request) error {
 // called from this goroutine. It returns when the model emits an
 // end-of-generation token or a stop string ("stop"), at MaxTokens or the
 // end of the context ("length"), when emit fails (its error, wrapped), or
-// when ctx is done (ctx.Err(), checked between tokens, prompt tokens
-// included). Errors about the request are *InvalidRequestError. A nil emit
-// discards the text. Calls may run concurrently; each holds its own KV cache.
-func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) error) (Result, error) {
+// when ctx is done (ctx.Err(), checked between tokens). Errors about the
+// request are *InvalidRequestError. A nil emit discards the text.
+//
+// Calls may run concurrently: the Model's scheduler decodes them together
+// in one batch, and a prompt that begins with a cached prefix (whole KV
+// blocks of an earlier sequence) skips computing it. When Generate
+// returns, its sequence has left the batch and released its cache blocks.
+func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) error) (res Result, err error) {
 	if emit == nil {
 		emit = func(Delta) error { return nil }
 	}
@@ -137,13 +145,20 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 			return Result{}, fmt.Errorf("encode prompt: %w", err)
 		}
 	}
-	res := Result{PromptTokens: len(prompt)}
-	if len(prompt) > m.hp.ctx {
-		return res, invalid("prompt", ErrPromptTooLong, "%d tokens, the context holds %d; shorten the prompt", len(prompt), m.hp.ctx)
+	res = Result{PromptTokens: len(prompt)}
+	if len(prompt) > m.hp.Context {
+		return res, invalid("prompt", ErrPromptTooLong, "%d tokens, the context holds %d; shorten the prompt", len(prompt), m.hp.Context)
 	}
-	limit := m.hp.ctx - len(prompt)
+	limit := m.hp.Context - len(prompt)
 	if req.MaxTokens > 0 {
 		limit = min(limit, req.MaxTokens)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if limit == 0 {
+		res.FinishReason = FinishLength
+		return res, nil
 	}
 	var seed uint64
 	if req.Seed != nil {
@@ -151,40 +166,62 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 	} else {
 		seed = rand.Uint64()
 	}
-	smp := newSampler(req.Temperature, req.TopP, req.TopK, seed)
 	out := &streamer{dec: tokenizer.NewDecoderAfter(m.tok, prompt), stops: req.Stop, emit: emit}
 
-	s := newState(&m.hp)
-	for i, id := range prompt {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		m.forward(s, id, i, i == len(prompt)-1)
+	// The scheduler drops the sequence when sctx is done: when the client
+	// goes away or this call returns for any reason.
+	sctx, cancel := context.WithCancel(ctx)
+	q := &seq{
+		ctx: sctx, tokens: slices.Clone(prompt), prompt: len(prompt), limit: limit,
+		smp:    newSampler(req.Temperature, req.TopP, req.TopK, seed),
+		notify: make(chan struct{}, 1), finished: make(chan struct{}),
 	}
-	res.FinishReason = FinishLength
-	for pos := len(prompt); res.CompletionTokens < limit; pos++ {
-		if err := ctx.Err(); err != nil {
-			return res, err
+	select {
+	case m.sched.submit <- q:
+	case <-ctx.Done():
+		cancel()
+		return res, ctx.Err()
+	}
+	defer func() {
+		cancel()
+		<-q.finished
+		q.mu.Lock()
+		res.CachedTokens = q.cached
+		q.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-q.notify:
+		case <-ctx.Done():
+			return res, ctx.Err()
 		}
-		if pos > len(prompt) {
-			m.forward(s, out.last, pos-1, true)
+		ids, end, serr := q.take()
+		for _, id := range ids {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			res.CompletionTokens++
+			if m.tok.IsEOG(id) {
+				res.FinishReason = FinishStop
+				return res, out.flush()
+			}
+			stopped, err := out.add(id)
+			if err != nil {
+				return res, err
+			}
+			if stopped {
+				res.FinishReason = FinishStop
+				return res, nil
+			}
 		}
-		id := smp.sample(s.logits)
-		res.CompletionTokens++
-		if m.tok.IsEOG(id) {
-			res.FinishReason = FinishStop
-			break
+		if serr != nil {
+			return res, serr
 		}
-		stopped, err := out.add(id)
-		if err != nil {
-			return res, err
-		}
-		if stopped {
-			res.FinishReason = FinishStop
-			return res, nil
+		if end {
+			res.FinishReason = FinishLength
+			return res, out.flush()
 		}
 	}
-	return res, out.flush()
 }
 
 // streamer turns tokens into Deltas: it decodes, holds back text that may
@@ -195,13 +232,11 @@ type streamer struct {
 	emit  func(Delta) error
 	held  string  // decoded text not yet emitted
 	ids   []int32 // tokens not yet emitted
-	last  int32   // the latest token, the next forward pass's input
 }
 
 // add takes one sampled token and reports whether a stop string ended
 // the completion.
 func (s *streamer) add(id int32) (stopped bool, err error) {
-	s.last = id
 	s.ids = append(s.ids, id)
 	s.held += s.dec.Add(id)
 	if i := s.firstStop(); i >= 0 {

@@ -52,6 +52,57 @@ func (m *matrix) rowsDot(out, x []float32, lo, hi int) {
 	}
 }
 
+// matmulBatch sets dst = x·mᵀ for n activation rows: dst holds n rows of
+// m.rows values and x n rows of m.cols values (the shape of
+// kernels.MatMul, which will replace it). Each weight row is read once
+// for all n rows (the row loop is outside the batch loop), so a step's
+// cost in memory traffic does not grow with the batch. Row r of sequence
+// j is dot(m[r], x[j]) summed exactly as matVec sums it, so batching never
+// changes a result. The weight rows are split across up to threads
+// goroutines.
+func matmulBatch(dst []float32, m *matrix, x []float32, n, threads int) {
+	if n == 1 {
+		matVec(dst, m, x, threads)
+		return
+	}
+	dst = dst[:n*m.rows]
+	x = x[:n*m.cols]
+	if threads <= 1 || n*m.rows*m.cols < parallelMin || m.rows < 2*threads {
+		m.rowsDotBatch(dst, x, n, 0, m.rows)
+		return
+	}
+	chunk := (m.rows + threads - 1) / threads
+	var wg sync.WaitGroup
+	for lo := 0; lo < m.rows; lo += chunk {
+		hi := min(lo+chunk, m.rows)
+		wg.Go(func() { m.rowsDotBatch(dst, x, n, lo, hi) })
+	}
+	wg.Wait()
+}
+
+// rowsDotBatch computes rows [lo, hi) of matmulBatch. F16 rows are
+// converted once into a buffer and then multiplied as F32, which gives
+// exactly dotF16's products and sums.
+func (m *matrix) rowsDotBatch(dst, x []float32, n, lo, hi int) {
+	cols, rows := m.cols, m.rows
+	var buf []float32
+	if m.f32 == nil {
+		buf = make([]float32, cols)
+	}
+	for r := lo; r < hi; r++ {
+		var w []float32
+		if m.f32 != nil {
+			w = m.f32[r*cols : (r+1)*cols]
+		} else {
+			m.row(buf, r)
+			w = buf
+		}
+		for j := range n {
+			dst[j*rows+r] = dotF32(w, x[j*cols:(j+1)*cols])
+		}
+	}
+}
+
 // row copies row r into dst as float32 (embedding lookup).
 func (m *matrix) row(dst []float32, r int) {
 	n := m.cols
