@@ -511,7 +511,9 @@ type ModelInfo struct {
 	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"` // "loaded", "unavailable", ...
 	Quantization  string                 `protobuf:"bytes,8,opt,name=quantization,proto3" json:"quantization,omitempty"`
 	// Measured decode speed in tokens/s, 0 when unknown.
-	DecodeTokS    float64 `protobuf:"fixed64,9,opt,name=decode_tok_s,json=decodeTokS,proto3" json:"decode_tok_s,omitempty"`
+	DecodeTokS float64 `protobuf:"fixed64,9,opt,name=decode_tok_s,json=decodeTokS,proto3" json:"decode_tok_s,omitempty"`
+	// Tokens per KV-cache block, for prefix-aware routing (0: no prefix cache).
+	KvBlockSize   int32 `protobuf:"varint,10,opt,name=kv_block_size,json=kvBlockSize,proto3" json:"kv_block_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +607,13 @@ func (x *ModelInfo) GetQuantization() string {
 func (x *ModelInfo) GetDecodeTokS() float64 {
 	if x != nil {
 		return x.DecodeTokS
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetKvBlockSize() int32 {
+	if x != nil {
+		return x.KvBlockSize
 	}
 	return 0
 }
@@ -1690,6 +1699,952 @@ func (x *HeartbeatResponse) GetAckSeq() uint64 {
 	return 0
 }
 
+type RenewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM certificate signing request; its subject and extensions are ignored.
+	CsrPem        []byte `protobuf:"bytes,1,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RenewRequest) GetCsrPem() []byte {
+	if x != nil {
+		return x.CsrPem
+	}
+	return nil
+}
+
+type RenewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CertPem       []byte                 `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	CaPem         []byte                 `protobuf:"bytes,2,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RenewResponse) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetCaPem() []byte {
+	if x != nil {
+		return x.CaPem
+	}
+	return nil
+}
+
+type EnrollRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TokenId     string                 `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	TokenSecret string                 `protobuf:"bytes,2,opt,name=token_secret,json=tokenSecret,proto3" json:"token_secret,omitempty"`
+	// The name the node asks for (pki.ValidateName rules).
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// PEM certificate signing request for the node's own key, which never
+	// leaves the node.
+	CsrPem        []byte `protobuf:"bytes,4,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollRequest) Reset() {
+	*x = EnrollRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollRequest) ProtoMessage() {}
+
+func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
+func (*EnrollRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *EnrollRequest) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetTokenSecret() string {
+	if x != nil {
+		return x.TokenSecret
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetCsrPem() []byte {
+	if x != nil {
+		return x.CsrPem
+	}
+	return nil
+}
+
+type EnrollResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CertPem       []byte                 `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	CaPem         []byte                 `protobuf:"bytes,2,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollResponse) Reset() {
+	*x = EnrollResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollResponse) ProtoMessage() {}
+
+func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
+func (*EnrollResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *EnrollResponse) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *EnrollResponse) GetCaPem() []byte {
+	if x != nil {
+		return x.CaPem
+	}
+	return nil
+}
+
+type CreateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lifetime in seconds; 0 means the coordinator's default (24 h).
+	TtlSeconds int64 `protobuf:"varint,1,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// How many enrollments the token allows; 0 means 1.
+	Uses          int32  `protobuf:"varint,2,opt,name=uses,proto3" json:"uses,omitempty"`
+	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CreateTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateTokenRequest) GetUses() int32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+func (x *CreateTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The whole join token, npm1.<id>.<secret>.<ca-sha256>; shown once.
+	Token         string     `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Info          *TokenInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetInfo() *TokenInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+type TokenInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	CreatedUnix   int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	ExpiresUnix   int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	Uses          int32                  `protobuf:"varint,4,opt,name=uses,proto3" json:"uses,omitempty"`
+	UsesLeft      int32                  `protobuf:"varint,5,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
+	Description   string                 `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenInfo) Reset() {
+	*x = TokenInfo{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenInfo) ProtoMessage() {}
+
+func (x *TokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
+func (*TokenInfo) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TokenInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetUses() int32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetUsesLeft() int32 {
+	if x != nil {
+		return x.UsesLeft
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*TokenInfo           `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListTokensResponse) GetTokens() []*TokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type DeleteTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenRequest) Reset() {
+	*x = DeleteTokenRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenRequest) ProtoMessage() {}
+
+func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenResponse) Reset() {
+	*x = DeleteTokenResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenResponse) ProtoMessage() {}
+
+func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTokenResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
+}
+
+type RevokeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeRequest) Reset() {
+	*x = RevokeNodeRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeRequest) ProtoMessage() {}
+
+func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RevokeNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokeNodeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the node was connected and has been cut off.
+	Disconnected bool `protobuf:"varint,1,opt,name=disconnected,proto3" json:"disconnected,omitempty"`
+	// Certificate serials (hex) now refused.
+	Serials       []string `protobuf:"bytes,2,rep,name=serials,proto3" json:"serials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeResponse) Reset() {
+	*x = RevokeNodeResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeResponse) ProtoMessage() {}
+
+func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RevokeNodeResponse) GetDisconnected() bool {
+	if x != nil {
+		return x.Disconnected
+	}
+	return false
+}
+
+func (x *RevokeNodeResponse) GetSerials() []string {
+	if x != nil {
+		return x.Serials
+	}
+	return nil
+}
+
+type UnrevokeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnrevokeNodeRequest) Reset() {
+	*x = UnrevokeNodeRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnrevokeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnrevokeNodeRequest) ProtoMessage() {}
+
+func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnrevokeNodeRequest.ProtoReflect.Descriptor instead.
+func (*UnrevokeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *UnrevokeNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type UnrevokeNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnrevokeNodeResponse) Reset() {
+	*x = UnrevokeNodeResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnrevokeNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnrevokeNodeResponse) ProtoMessage() {}
+
+func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnrevokeNodeResponse.ProtoReflect.Descriptor instead.
+func (*UnrevokeNodeResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
+}
+
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
+}
+
+type NodeRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	FirstSeenUnix int64                  `protobuf:"varint,2,opt,name=first_seen_unix,json=firstSeenUnix,proto3" json:"first_seen_unix,omitempty"`
+	LastSeenUnix  int64                  `protobuf:"varint,3,opt,name=last_seen_unix,json=lastSeenUnix,proto3" json:"last_seen_unix,omitempty"`
+	LastAddress   string                 `protobuf:"bytes,4,opt,name=last_address,json=lastAddress,proto3" json:"last_address,omitempty"`
+	// Hex serial and expiry of the newest certificate seen or issued.
+	CertSerial      string `protobuf:"bytes,5,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	CertExpiresUnix int64  `protobuf:"varint,6,opt,name=cert_expires_unix,json=certExpiresUnix,proto3" json:"cert_expires_unix,omitempty"`
+	Revoked         bool   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	Connected       bool   `protobuf:"varint,8,opt,name=connected,proto3" json:"connected,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *NodeRecord) Reset() {
+	*x = NodeRecord{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRecord) ProtoMessage() {}
+
+func (x *NodeRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
+func (*NodeRecord) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *NodeRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetFirstSeenUnix() int64 {
+	if x != nil {
+		return x.FirstSeenUnix
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetLastSeenUnix() int64 {
+	if x != nil {
+		return x.LastSeenUnix
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetLastAddress() string {
+	if x != nil {
+		return x.LastAddress
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetCertExpiresUnix() int64 {
+	if x != nil {
+		return x.CertExpiresUnix
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *NodeRecord) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeRecord          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListNodesResponse) GetNodes() []*NodeRecord {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 var File_npumesh_v1_npumesh_proto protoreflect.FileDescriptor
 
 const file_npumesh_v1_npumesh_proto_rawDesc = "" +
@@ -1738,7 +2693,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x0fsampled_unix_ms\x18\x05 \x01(\x03R\rsampledUnixMs\"6\n" +
 	"\x06Sensor\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\x8b\x02\n" +
+	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xaf\x02\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x18\n" +
@@ -1752,7 +2707,9 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x05state\x18\a \x01(\tR\x05state\x12\"\n" +
 	"\fquantization\x18\b \x01(\tR\fquantization\x12 \n" +
 	"\fdecode_tok_s\x18\t \x01(\x01R\n" +
-	"decodeTokS\"\x13\n" +
+	"decodeTokS\x12\"\n" +
+	"\rkv_block_size\x18\n" +
+	" \x01(\x05R\vkvBlockSize\"\x13\n" +
 	"\x11ListModelsRequest\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.npumesh.v1.ModelInfoR\x06models\"\x9a\x02\n" +
@@ -1831,15 +2788,84 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\ttelemetry\x18\x06 \x01(\v2\x15.npumesh.v1.TelemetryR\ttelemetry\x12\x1a\n" +
 	"\bdraining\x18\a \x01(\bR\bdraining\",\n" +
 	"\x11HeartbeatResponse\x12\x17\n" +
-	"\aack_seq\x18\x01 \x01(\x04R\x06ackSeq2\xda\x01\n" +
+	"\aack_seq\x18\x01 \x01(\x04R\x06ackSeq\"'\n" +
+	"\fRenewRequest\x12\x17\n" +
+	"\acsr_pem\x18\x01 \x01(\fR\x06csrPem\"A\n" +
+	"\rRenewResponse\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x15\n" +
+	"\x06ca_pem\x18\x02 \x01(\fR\x05caPem\"z\n" +
+	"\rEnrollRequest\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12!\n" +
+	"\ftoken_secret\x18\x02 \x01(\tR\vtokenSecret\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x17\n" +
+	"\acsr_pem\x18\x04 \x01(\fR\x06csrPem\"B\n" +
+	"\x0eEnrollResponse\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x15\n" +
+	"\x06ca_pem\x18\x02 \x01(\fR\x05caPem\"k\n" +
+	"\x12CreateTokenRequest\x12\x1f\n" +
+	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
+	"ttlSeconds\x12\x12\n" +
+	"\x04uses\x18\x02 \x01(\x05R\x04uses\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\"V\n" +
+	"\x13CreateTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12)\n" +
+	"\x04info\x18\x02 \x01(\v2\x15.npumesh.v1.TokenInfoR\x04info\"\xb4\x01\n" +
+	"\tTokenInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\fcreated_unix\x18\x02 \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\x12\x12\n" +
+	"\x04uses\x18\x04 \x01(\x05R\x04uses\x12\x1b\n" +
+	"\tuses_left\x18\x05 \x01(\x05R\busesLeft\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\"\x13\n" +
+	"\x11ListTokensRequest\"C\n" +
+	"\x12ListTokensResponse\x12-\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x15.npumesh.v1.TokenInfoR\x06tokens\"$\n" +
+	"\x12DeleteTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13DeleteTokenResponse\"?\n" +
+	"\x11RevokeNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"R\n" +
+	"\x12RevokeNodeResponse\x12\"\n" +
+	"\fdisconnected\x18\x01 \x01(\bR\fdisconnected\x12\x18\n" +
+	"\aserials\x18\x02 \x03(\tR\aserials\")\n" +
+	"\x13UnrevokeNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
+	"\x14UnrevokeNodeResponse\"\x12\n" +
+	"\x10ListNodesRequest\"\x96\x02\n" +
+	"\n" +
+	"NodeRecord\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
+	"\x0ffirst_seen_unix\x18\x02 \x01(\x03R\rfirstSeenUnix\x12$\n" +
+	"\x0elast_seen_unix\x18\x03 \x01(\x03R\flastSeenUnix\x12!\n" +
+	"\flast_address\x18\x04 \x01(\tR\vlastAddress\x12\x1f\n" +
+	"\vcert_serial\x18\x05 \x01(\tR\n" +
+	"certSerial\x12*\n" +
+	"\x11cert_expires_unix\x18\x06 \x01(\x03R\x0fcertExpiresUnix\x12\x18\n" +
+	"\arevoked\x18\a \x01(\bR\arevoked\x12\x1c\n" +
+	"\tconnected\x18\b \x01(\bR\tconnected\"A\n" +
+	"\x11ListNodesResponse\x12,\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x16.npumesh.v1.NodeRecordR\x05nodes2\xda\x01\n" +
 	"\vNodeService\x125\n" +
 	"\x04Info\x12\x17.npumesh.v1.InfoRequest\x1a\x14.npumesh.v1.NodeInfo\x12G\n" +
 	"\bGenerate\x12\x1b.npumesh.v1.GenerateRequest\x1a\x1c.npumesh.v1.GenerateResponse0\x01\x12K\n" +
 	"\n" +
-	"ListModels\x12\x1d.npumesh.v1.ListModelsRequest\x1a\x1e.npumesh.v1.ListModelsResponse2\xa5\x01\n" +
+	"ListModels\x12\x1d.npumesh.v1.ListModelsRequest\x1a\x1e.npumesh.v1.ListModelsResponse2\xe3\x01\n" +
 	"\x0eControlService\x12E\n" +
 	"\bRegister\x12\x1b.npumesh.v1.RegisterRequest\x1a\x1c.npumesh.v1.RegisterResponse\x12L\n" +
-	"\tHeartbeat\x12\x1c.npumesh.v1.HeartbeatRequest\x1a\x1d.npumesh.v1.HeartbeatResponse(\x010\x01B7Z5github.com/npumesh/npumesh/proto/npumesh/v1;npumeshv1b\x06proto3"
+	"\tHeartbeat\x12\x1c.npumesh.v1.HeartbeatRequest\x1a\x1d.npumesh.v1.HeartbeatResponse(\x010\x01\x12<\n" +
+	"\x05Renew\x12\x18.npumesh.v1.RenewRequest\x1a\x19.npumesh.v1.RenewResponse2T\n" +
+	"\x11EnrollmentService\x12?\n" +
+	"\x06Enroll\x12\x19.npumesh.v1.EnrollRequest\x1a\x1a.npumesh.v1.EnrollResponse2\xe5\x03\n" +
+	"\fAdminService\x12N\n" +
+	"\vCreateToken\x12\x1e.npumesh.v1.CreateTokenRequest\x1a\x1f.npumesh.v1.CreateTokenResponse\x12K\n" +
+	"\n" +
+	"ListTokens\x12\x1d.npumesh.v1.ListTokensRequest\x1a\x1e.npumesh.v1.ListTokensResponse\x12N\n" +
+	"\vDeleteToken\x12\x1e.npumesh.v1.DeleteTokenRequest\x1a\x1f.npumesh.v1.DeleteTokenResponse\x12K\n" +
+	"\n" +
+	"RevokeNode\x12\x1d.npumesh.v1.RevokeNodeRequest\x1a\x1e.npumesh.v1.RevokeNodeResponse\x12Q\n" +
+	"\fUnrevokeNode\x12\x1f.npumesh.v1.UnrevokeNodeRequest\x1a .npumesh.v1.UnrevokeNodeResponse\x12H\n" +
+	"\tListNodes\x12\x1c.npumesh.v1.ListNodesRequest\x1a\x1d.npumesh.v1.ListNodesResponseB7Z5github.com/npumesh/npumesh/proto/npumesh/v1;npumeshv1b\x06proto3"
 
 var (
 	file_npumesh_v1_npumesh_proto_rawDescOnce sync.Once
@@ -1854,32 +2880,50 @@ func file_npumesh_v1_npumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_npumesh_v1_npumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_npumesh_v1_npumesh_proto_goTypes = []any{
-	(CacheEvent_Kind)(0),       // 0: npumesh.v1.CacheEvent.Kind
-	(*InfoRequest)(nil),        // 1: npumesh.v1.InfoRequest
-	(*NodeInfo)(nil),           // 2: npumesh.v1.NodeInfo
-	(*Accelerator)(nil),        // 3: npumesh.v1.Accelerator
-	(*Telemetry)(nil),          // 4: npumesh.v1.Telemetry
-	(*Sensor)(nil),             // 5: npumesh.v1.Sensor
-	(*ModelInfo)(nil),          // 6: npumesh.v1.ModelInfo
-	(*ListModelsRequest)(nil),  // 7: npumesh.v1.ListModelsRequest
-	(*ListModelsResponse)(nil), // 8: npumesh.v1.ListModelsResponse
-	(*SamplingParams)(nil),     // 9: npumesh.v1.SamplingParams
-	(*TokenIDs)(nil),           // 10: npumesh.v1.TokenIDs
-	(*GenerateRequest)(nil),    // 11: npumesh.v1.GenerateRequest
-	(*ChatMessage)(nil),        // 12: npumesh.v1.ChatMessage
-	(*ChatPrompt)(nil),         // 13: npumesh.v1.ChatPrompt
-	(*GenerateResponse)(nil),   // 14: npumesh.v1.GenerateResponse
-	(*TokenDelta)(nil),         // 15: npumesh.v1.TokenDelta
-	(*Usage)(nil),              // 16: npumesh.v1.Usage
-	(*Final)(nil),              // 17: npumesh.v1.Final
-	(*RegisterRequest)(nil),    // 18: npumesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),   // 19: npumesh.v1.RegisterResponse
-	(*NodeLoad)(nil),           // 20: npumesh.v1.NodeLoad
-	(*CacheEvent)(nil),         // 21: npumesh.v1.CacheEvent
-	(*HeartbeatRequest)(nil),   // 22: npumesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),  // 23: npumesh.v1.HeartbeatResponse
+	(CacheEvent_Kind)(0),         // 0: npumesh.v1.CacheEvent.Kind
+	(*InfoRequest)(nil),          // 1: npumesh.v1.InfoRequest
+	(*NodeInfo)(nil),             // 2: npumesh.v1.NodeInfo
+	(*Accelerator)(nil),          // 3: npumesh.v1.Accelerator
+	(*Telemetry)(nil),            // 4: npumesh.v1.Telemetry
+	(*Sensor)(nil),               // 5: npumesh.v1.Sensor
+	(*ModelInfo)(nil),            // 6: npumesh.v1.ModelInfo
+	(*ListModelsRequest)(nil),    // 7: npumesh.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),   // 8: npumesh.v1.ListModelsResponse
+	(*SamplingParams)(nil),       // 9: npumesh.v1.SamplingParams
+	(*TokenIDs)(nil),             // 10: npumesh.v1.TokenIDs
+	(*GenerateRequest)(nil),      // 11: npumesh.v1.GenerateRequest
+	(*ChatMessage)(nil),          // 12: npumesh.v1.ChatMessage
+	(*ChatPrompt)(nil),           // 13: npumesh.v1.ChatPrompt
+	(*GenerateResponse)(nil),     // 14: npumesh.v1.GenerateResponse
+	(*TokenDelta)(nil),           // 15: npumesh.v1.TokenDelta
+	(*Usage)(nil),                // 16: npumesh.v1.Usage
+	(*Final)(nil),                // 17: npumesh.v1.Final
+	(*RegisterRequest)(nil),      // 18: npumesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),     // 19: npumesh.v1.RegisterResponse
+	(*NodeLoad)(nil),             // 20: npumesh.v1.NodeLoad
+	(*CacheEvent)(nil),           // 21: npumesh.v1.CacheEvent
+	(*HeartbeatRequest)(nil),     // 22: npumesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),    // 23: npumesh.v1.HeartbeatResponse
+	(*RenewRequest)(nil),         // 24: npumesh.v1.RenewRequest
+	(*RenewResponse)(nil),        // 25: npumesh.v1.RenewResponse
+	(*EnrollRequest)(nil),        // 26: npumesh.v1.EnrollRequest
+	(*EnrollResponse)(nil),       // 27: npumesh.v1.EnrollResponse
+	(*CreateTokenRequest)(nil),   // 28: npumesh.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),  // 29: npumesh.v1.CreateTokenResponse
+	(*TokenInfo)(nil),            // 30: npumesh.v1.TokenInfo
+	(*ListTokensRequest)(nil),    // 31: npumesh.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),   // 32: npumesh.v1.ListTokensResponse
+	(*DeleteTokenRequest)(nil),   // 33: npumesh.v1.DeleteTokenRequest
+	(*DeleteTokenResponse)(nil),  // 34: npumesh.v1.DeleteTokenResponse
+	(*RevokeNodeRequest)(nil),    // 35: npumesh.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),   // 36: npumesh.v1.RevokeNodeResponse
+	(*UnrevokeNodeRequest)(nil),  // 37: npumesh.v1.UnrevokeNodeRequest
+	(*UnrevokeNodeResponse)(nil), // 38: npumesh.v1.UnrevokeNodeResponse
+	(*ListNodesRequest)(nil),     // 39: npumesh.v1.ListNodesRequest
+	(*NodeRecord)(nil),           // 40: npumesh.v1.NodeRecord
+	(*ListNodesResponse)(nil),    // 41: npumesh.v1.ListNodesResponse
 }
 var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	3,  // 0: npumesh.v1.NodeInfo.accelerators:type_name -> npumesh.v1.Accelerator
@@ -1900,21 +2944,40 @@ var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	6,  // 15: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
 	21, // 16: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
 	4,  // 17: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
-	1,  // 18: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
-	11, // 19: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
-	7,  // 20: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
-	18, // 21: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
-	22, // 22: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
-	2,  // 23: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
-	14, // 24: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
-	8,  // 25: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
-	19, // 26: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
-	23, // 27: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	30, // 18: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
+	30, // 19: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
+	40, // 20: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
+	1,  // 21: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
+	11, // 22: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
+	7,  // 23: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
+	18, // 24: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
+	22, // 25: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
+	24, // 26: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
+	26, // 27: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
+	28, // 28: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
+	31, // 29: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
+	33, // 30: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
+	35, // 31: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
+	37, // 32: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
+	39, // 33: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
+	2,  // 34: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
+	14, // 35: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
+	8,  // 36: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
+	19, // 37: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
+	23, // 38: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
+	25, // 39: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
+	27, // 40: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
+	29, // 41: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
+	32, // 42: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
+	34, // 43: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
+	36, // 44: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
+	38, // 45: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
+	41, // 46: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
+	34, // [34:47] is the sub-list for method output_type
+	21, // [21:34] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_npumesh_v1_npumesh_proto_init() }
@@ -1938,9 +3001,9 @@ func file_npumesh_v1_npumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_npumesh_v1_npumesh_proto_rawDesc), len(file_npumesh_v1_npumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   41,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   4,
 		},
 		GoTypes:           file_npumesh_v1_npumesh_proto_goTypes,
 		DependencyIndexes: file_npumesh_v1_npumesh_proto_depIdxs,
