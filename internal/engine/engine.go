@@ -230,6 +230,12 @@ func (m *Model) Tokenizer() tokenizer.Tokenizer { return m.tok }
 // CacheStats returns the KV cache's block counts.
 func (m *Model) CacheStats() kvcache.Stats { return m.cache.Stats() }
 
+// KVBudgetBytes is the memory the KV cache may use (its capacity in blocks
+// times the bytes of one block).
+func (m *Model) KVBudgetBytes() int64 {
+	return int64(m.cache.Stats().Capacity) * m.cache.BlockBytes()
+}
+
 // Close waits for running Generate calls to return, stops the scheduler
 // and releases the weights. Cancel the calls' contexts first to make it
 // prompt.

@@ -1,0 +1,222 @@
+// Package enginebench measures the built-in engine on this machine: prompt
+// processing and decode speed at several batch sizes, peak memory, and the
+// memory-bandwidth bound for decode, all in one run so they compare. It is
+// what `npumesh bench engine` prints. It must not import the network stack.
+package enginebench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/npumesh/npumesh/internal/engine"
+	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kernels"
+)
+
+// Options for Run.
+type Options struct {
+	Model   string
+	Threads int
+	Batches []int // decode batch sizes, e.g. 1 and 8
+	Prompt  int   // prompt tokens for the prefill measurement
+	Decode  int   // tokens generated per sequence for the decode measurement
+}
+
+// Result is what one run measured. JSON names are stable: scripts compare runs.
+type Result struct {
+	Model                 string             `json:"model"`
+	Quantization          string             `json:"quantization"`
+	Parameters            uint64             `json:"parameters"`
+	FileBytes             int64              `json:"file_bytes"`
+	Threads               int                `json:"threads"`
+	Kernels               string             `json:"kernels"`
+	PrefillTokS           float64            `json:"prefill_tok_s"`
+	DecodeTokS            map[string]float64 `json:"decode_tok_s"` // keyed by batch size
+	WeightBytesPerToken   int64              `json:"weight_bytes_per_token"`
+	MemoryBandwidthBytesS float64            `json:"memory_bandwidth_bytes_s"`
+	BandwidthBoundTokS    float64            `json:"bandwidth_bound_tok_s"`
+	DecodeOfBound         float64            `json:"decode_batch1_of_bound"`
+	PeakRSSBytes          int64              `json:"peak_rss_bytes"`
+	KVBudgetBytes         int64              `json:"kv_budget_bytes"`
+}
+
+// Run loads the model and measures it.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if len(o.Batches) == 0 {
+		o.Batches = []int{1, 8}
+	}
+	if o.Prompt <= 0 {
+		o.Prompt = 128
+	}
+	if o.Decode <= 0 {
+		o.Decode = 32
+	}
+	st, err := os.Stat(o.Model)
+	if err != nil {
+		return nil, fmt.Errorf("bench engine: %w", err)
+	}
+	perToken, err := weightBytesPerToken(o.Model)
+	if err != nil {
+		return nil, err
+	}
+	// Measure bandwidth before the model is loaded, so the model's pages do
+	// not compete with the measurement's buffer.
+	bw := kernels.MeasureBandwidth()
+	// Give the measurement's buffer back and restart the RSS high-water mark
+	// (clear_refs "5", Linux 4.0+), so peak RSS is the model's alone.
+	debug.FreeOSMemory()
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+	m, err := engine.Load(o.Model, engine.Options{Threads: o.Threads})
+	if err != nil {
+		return nil, fmt.Errorf("bench engine: %w", err)
+	}
+	defer m.Close()
+	info := m.Info()
+	r := &Result{
+		Model: info.ID, Quantization: info.Quantization, Parameters: info.Parameters, FileBytes: st.Size(),
+		Threads: o.Threads, Kernels: kernels.Implementation(), DecodeTokS: map[string]float64{},
+		WeightBytesPerToken: perToken, MemoryBandwidthBytesS: bw,
+	}
+	vocab := m.Tokenizer().VocabSize()
+	rng := rand.New(rand.NewPCG(1, 2))
+	prompt := func(n int) []int32 {
+		ids := make([]int32, n)
+		for i := range ids {
+			ids[i] = int32(3 + rng.IntN(vocab-3)) // skip the control tokens
+		}
+		return ids
+	}
+	maxPrompt := min(o.Prompt, info.ContextLength-2)
+	// Warm up: page the weights in.
+	if _, err := m.Generate(ctx, engine.Request{PromptIDs: prompt(8), MaxTokens: 2}, nil); err != nil {
+		return nil, err
+	}
+	// Prefill: one long prompt, one token out.
+	start := time.Now()
+	if _, err := m.Generate(ctx, engine.Request{PromptIDs: prompt(maxPrompt), MaxTokens: 1}, nil); err != nil {
+		return nil, err
+	}
+	r.PrefillTokS = float64(maxPrompt) / time.Since(start).Seconds()
+
+	// Decode at each batch size: distinct short prompts (no shared prefix),
+	// greedy, all sequences concurrent; the rate counts the tokens after each
+	// sequence's first, over the span from the first first-token to the last
+	// token.
+	for _, b := range o.Batches {
+		rate, err := decodeRate(ctx, m, b, o.Decode, func() []int32 { return prompt(8) })
+		if err != nil {
+			return nil, err
+		}
+		r.DecodeTokS[strconv.Itoa(b)] = rate
+	}
+	if perToken > 0 {
+		r.BandwidthBoundTokS = bw / float64(perToken)
+		r.DecodeOfBound = r.DecodeTokS["1"] / r.BandwidthBoundTokS
+	}
+	r.PeakRSSBytes = peakRSS()
+	r.KVBudgetBytes = m.KVBudgetBytes()
+	return r, nil
+}
+
+func decodeRate(ctx context.Context, m *engine.Model, batch, tokens int, prompt func() []int32) (float64, error) {
+	type span struct {
+		first, last time.Time
+		n           int
+	}
+	spans := make([]span, batch)
+	prompts := make([][]int32, batch)
+	for i := range prompts {
+		prompts[i] = prompt()
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, batch)
+	for i := 0; i < batch; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s := &spans[i]
+			_, err := m.Generate(ctx, engine.Request{PromptIDs: prompts[i], MaxTokens: tokens}, func(d engine.Delta) error {
+				now := time.Now()
+				if s.n == 0 {
+					s.first = now
+				}
+				s.last = now
+				s.n += len(d.IDs)
+				return nil
+			})
+			if err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	var first, last time.Time
+	total := 0
+	for _, s := range spans {
+		if s.n == 0 {
+			continue
+		}
+		if first.IsZero() || s.first.Before(first) {
+			first = s.first
+		}
+		if s.last.After(last) {
+			last = s.last
+		}
+		total += s.n - 1
+	}
+	if total <= 0 || !last.After(first) {
+		return 0, fmt.Errorf("bench engine: decode produced too few tokens to measure (%d)", total)
+	}
+	return float64(total) / last.Sub(first).Seconds(), nil
+}
+
+// weightBytesPerToken is what one decode step reads of the weights: every
+// tensor except the token embedding, which is a row lookup — unless there is
+// no output tensor, in which case the embedding is also the output head and
+// read whole.
+func weightBytesPerToken(path string) (int64, error) {
+	f, err := gguf.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("bench engine: %w", err)
+	}
+	defer f.Close()
+	_, tied := f.Tensor("output.weight")
+	tied = !tied
+	var n int64
+	for _, t := range f.Tensors() {
+		if t.Name == "token_embd.weight" && !tied {
+			continue
+		}
+		n += int64(len(t.Data))
+	}
+	return n, nil
+}
+
+// peakRSS is the process's high-water resident set (VmHWM), 0 if unknown.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
