@@ -1,0 +1,33 @@
+package enginebench
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/npumesh/npumesh/internal/testdata"
+)
+
+func TestRunMeasuresEverything(t *testing.T) {
+	model := filepath.Join(testdata.Dir(t, "stories260K"), "stories260K.gguf")
+	r, err := Run(context.Background(), Options{Model: model, Threads: 1, Batches: []int{1, 2}, Prompt: 32, Decode: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.PrefillTokS <= 0 || r.DecodeTokS["1"] <= 0 || r.DecodeTokS["2"] <= 0 {
+		t.Errorf("rates not measured: %+v", r)
+	}
+	if r.MemoryBandwidthBytesS <= 0 || r.BandwidthBoundTokS <= 0 || r.PeakRSSBytes <= 0 || r.KVBudgetBytes <= 0 {
+		t.Errorf("bandwidth, bound, RSS or KV budget missing: %+v", r)
+	}
+	// stories260K has a separate output tensor: the embedding is not read.
+	if r.WeightBytesPerToken <= 0 || r.WeightBytesPerToken >= r.FileBytes {
+		t.Errorf("weight bytes per token = %d, want in (0, %d)", r.WeightBytesPerToken, r.FileBytes)
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	if _, err := Run(context.Background(), Options{Model: "/nonexistent.gguf"}); err == nil {
+		t.Fatal("no error for a missing model")
+	}
+}
