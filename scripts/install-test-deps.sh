@@ -12,6 +12,12 @@ have node || need_apt+=(nodejs)
 have npm || need_apt+=(npm)
 have gcc || need_apt+=(gcc libc6-dev) # go test -race uses cgo
 have git || need_apt+=(git)
+have make || need_apt+=(make)
+# Foreign-architecture binaries run under qemu user-mode emulation (TestQemuCluster).
+[ -x /usr/bin/qemu-aarch64-static ] && [ -x /usr/bin/qemu-riscv64-static ] || need_apt+=(qemu-user-static)
+have systemd-analyze || need_apt+=(systemd) # TestSystemdUnits
+have chromium || need_apt+=(chromium) # TestDashboard*: headless browser
+have prometheus || need_apt+=(prometheus) # TestPrometheusScrapesCoordinator: a real server
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -28,7 +28,7 @@ func (c *Coordinator) Handler() http.Handler {
 	if c.cfg.Dashboard != nil {
 		// The page is static and public; its data comes from /api/v1/*,
 		// which asks for the API key when keys are configured.
-		mux.Handle("GET /", c.cfg.Dashboard)
+		mux.Handle("/", c.cfg.Dashboard)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -287,6 +287,7 @@ func (c *Coordinator) serve(w http.ResponseWriter, r *http.Request, req *openai.
 		},
 		restartable: true,
 		reset:       func() { text.Reset(); obs.reset() },
+		session:     sessionKey(r, req),
 	})
 	obs.done(final, aerr)
 	if aerr != nil {
@@ -336,6 +337,7 @@ func (c *Coordinator) serveStream(w http.ResponseWriter, r *http.Request, req *o
 			}
 			return sse.Send(chunk(d.GetText(), ""))
 		},
+		session: sessionKey(r, req),
 	})
 	obs.done(final, aerr)
 	if aerr != nil {
