@@ -25,8 +25,13 @@ var forbidden = map[string][]string{
 	"internal/synth":             {"net/http", "google.golang.org/grpc", mod + "proto"},
 	"internal/openai":            {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
 	"internal/pki":               {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
+	"internal/upstream":          {mod + "internal/coordinator"},
 	"internal/coordinator": {
 		mod + "internal/engine", mod + "internal/node", mod + "internal/gguf",
+	},
+	// The router decides from what it is given: no network, no engine side.
+	"internal/route": {
+		"net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/engine", mod + "internal/kvcache", mod + "internal/tokenizer",
 	},
 }
 

@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/npumesh/npumesh/internal/engine"
+	"github.com/npumesh/npumesh/internal/kvcache"
 	"github.com/npumesh/npumesh/internal/tokenizer"
 )
 
@@ -17,6 +20,24 @@ type Backend interface {
 	Close() error
 }
 
+// Availability is implemented by backends whose model can be down for a
+// while, such as an upstream server that is restarting. The node lists such a
+// model with state "unavailable" (the coordinator routes only to "loaded"
+// models) and refuses its requests with Unavailable, so the coordinator tries
+// another node.
+type Availability interface {
+	Available() bool
+	// OnAvailabilityChange registers f, which the backend calls after
+	// Available changes, so that the node tells the coordinator at once. f
+	// does not block and may be called from any goroutine.
+	OnAvailabilityChange(f func())
+}
+
+// ErrUnavailable is returned, wrapped, by a backend that cannot serve now
+// (its upstream server is down or overloaded); the node answers Unavailable,
+// which the coordinator retries on another node.
+var ErrUnavailable = errors.New("model unavailable")
+
 // ModelInfo describes a served model.
 type ModelInfo struct {
 	ID            string
@@ -26,6 +47,8 @@ type ModelInfo struct {
 	ContextLength int
 	Parameters    uint64
 	Quantization  string
+	// BlockSize is the KV-cache block size in tokens (0: no prefix cache).
+	BlockSize int
 }
 
 // Request is a generation request as a backend sees it: an engine request,
@@ -33,6 +56,10 @@ type ModelInfo struct {
 type Request struct {
 	engine.Request
 	Messages []ChatMessage
+	// Resume holds tokens another node already generated for this
+	// completion (mid-stream migration); only backends implementing
+	// resumer accept it.
+	Resume []int32
 }
 
 // ChatMessage is one turn of a chat prompt.
@@ -45,17 +72,26 @@ type ChatMessage struct {
 type Builtin struct {
 	m        *engine.Model
 	template string // the model's chat template, "" for none
+	// events receives the engine's KV-cache events; set by the node.
+	events atomic.Pointer[func(kvcache.Event)]
 }
 
 var _ Backend = (*Builtin)(nil)
 
 // LoadBuiltin loads a model file with the built-in engine.
 func LoadBuiltin(path string, opts engine.Options) (*Builtin, error) {
+	b := &Builtin{}
+	opts.OnCacheEvent = func(ev kvcache.Event) {
+		if f := b.events.Load(); f != nil {
+			(*f)(ev)
+		}
+	}
 	m, err := engine.Load(path, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load model %q: %w", path, err)
 	}
-	return &Builtin{m: m, template: m.ChatTemplate()}, nil
+	b.m, b.template = m, m.ChatTemplate()
+	return b, nil
 }
 
 // Info implements Backend.
@@ -69,11 +105,18 @@ func (b *Builtin) Info() ModelInfo {
 		ContextLength: i.ContextLength,
 		Parameters:    i.Parameters,
 		Quantization:  i.Quantization,
+		BlockSize:     i.BlockSize,
 	}
 }
 
+// SetCacheEvents implements cacheEventSource.
+func (b *Builtin) SetCacheEvents(f func(kvcache.Event)) { b.events.Store(&f) }
+
 // Generate implements Backend.
 func (b *Builtin) Generate(ctx context.Context, req Request, emit func(engine.Delta) error) (engine.Result, error) {
+	if len(req.Resume) > 0 {
+		return b.generateResumed(ctx, req, emit)
+	}
 	if req.Messages != nil {
 		prompt, err := b.renderChat(req.Messages)
 		if err != nil {

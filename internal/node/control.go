@@ -45,7 +45,7 @@ func (n *Node) controlLoop(ctx context.Context) {
 // session is one registration plus heartbeat stream with one coordinator.
 func (n *Node) session(ctx context.Context, addr string) error {
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(n.cfg.TLS.ClientTLS(pki.Identity{Role: pki.RoleCoordinator}))),
+		grpc.WithTransportCredentials(credentials.NewTLS(n.certs.ClientTLS(pki.Identity{Role: pki.RoleCoordinator}))),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	if err != nil {
@@ -98,9 +98,10 @@ func (n *Node) session(ctx context.Context, addr string) error {
 				InFlight:    n.inFlight.Load(),
 				ServedTotal: n.served.Load(),
 			},
-			Models:    n.modelInfos(),
-			Draining:  n.draining.Load(),
-			Telemetry: telemetryProto(n.sampler.Latest()),
+			Models:      n.modelInfos(),
+			Draining:    n.draining.Load(),
+			Telemetry:   telemetryProto(n.sampler.Latest()),
+			CacheEvents: n.cache.take(),
 		}
 		if err := hb.Send(msg); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -120,6 +121,7 @@ func (n *Node) session(ctx context.Context, addr string) error {
 			return fmt.Errorf("heartbeat stream: %w", err)
 		case <-drain:
 			drain = nil // report once, right away
+		case <-n.availChanged:
 		case <-t.C:
 		}
 	}

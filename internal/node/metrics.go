@@ -86,8 +86,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descNodePower, prometheus.GaugeValue, p.Watts, p.Zone)
 		}
 	}
-	if leaf := n.cfg.TLS.Leaf(); leaf != nil {
-		id := n.cfg.TLS.Identity()
+	if b := n.certs.Bundle(); b.Leaf() != nil {
+		leaf, id := b.Leaf(), b.Identity()
 		ch <- prometheus.MustNewConstMetric(descNodeCert, prometheus.GaugeValue, float64(leaf.NotAfter.Unix()), string(id.Role), id.Name)
 	}
 }

@@ -1,7 +1,8 @@
 // Package node is the node daemon: it serves NodeService over mutual-TLS gRPC
-// through its backends (the built-in engine, later upstream runtimes),
-// registers with a coordinator and keeps a heartbeat going, and drains
-// in-flight requests before it exits. It decides nothing about routing.
+// through its backends (the built-in engine, or a local OpenAI-compatible
+// server through internal/upstream), registers with a coordinator and keeps a
+// heartbeat going, and drains in-flight requests before it exits. It decides
+// nothing about routing.
 package node
 
 import (
@@ -27,6 +28,7 @@ import (
 
 	"github.com/npumesh/npumesh/internal/accel"
 	"github.com/npumesh/npumesh/internal/engine"
+	"github.com/npumesh/npumesh/internal/kvcache"
 	"github.com/npumesh/npumesh/internal/pki"
 	"github.com/npumesh/npumesh/internal/version"
 	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
@@ -45,8 +47,11 @@ type Config struct {
 	// Coordinators are tried in order until one accepts the registration.
 	Coordinators []string
 	TLS          *pki.Bundle
-	Backends     []Backend
-	Logger       *slog.Logger
+	// TLSDir, when set, is where TLS was loaded from: certificate renewals
+	// are written back there, so a restart uses the newest certificate.
+	TLSDir   string
+	Backends []Backend
+	Logger   *slog.Logger
 	// HeartbeatInterval is how often the node reports; 0 means 1s.
 	HeartbeatInterval time.Duration
 	// DrainTimeout bounds how long SIGTERM waits for in-flight requests.
@@ -75,14 +80,19 @@ type Node struct {
 	// drainStarted is closed when draining begins, so the heartbeat loop
 	// tells the coordinator at once instead of at its next tick.
 	drainStarted chan struct{}
+	// availChanged receives a value when a backend's availability changes,
+	// so the heartbeat loop reports it at once.
+	availChanged chan struct{}
 	// wg counts in-flight Generate calls, for draining.
 	wg sync.WaitGroup
 
 	listener net.Listener
+	certs    *pki.Reloadable // the node's certificate, replaced by renewals
 	health   *health.Server
 	hw       accel.Report // discovered once at start
 	sampler  *accel.Sampler
 	metrics  *nodeMetrics
+	cache    cacheEvents // KV-cache events waiting for the next heartbeat
 }
 
 // New validates cfg and returns a node that is not yet serving.
@@ -122,14 +132,28 @@ func New(cfg Config) (*Node, error) {
 		cfg: cfg, log: cfg.Logger.With("node", cfg.Name), backends: map[string]Backend{},
 		hw: accel.Discover(cfg.SysRoot), sampler: accel.NewSampler(cfg.SysRoot, cfg.TelemetryInterval),
 		drainStarted: make(chan struct{}),
+		certs:        pki.NewReloadable(cfg.TLS),
 	}
 	n.metrics = newNodeMetrics(n)
+	for id, b := range n.backends {
+		if src, ok := b.(cacheEventSource); ok {
+			src.SetCacheEvents(func(ev kvcache.Event) { n.cache.add(id, ev) })
+		}
+	}
 	for _, b := range cfg.Backends {
 		id := b.Info().ID
 		if _, dup := n.backends[id]; dup {
 			return nil, fmt.Errorf("node: two models with the id %q; give one another name", id)
 		}
 		n.backends[id] = b
+		if a, ok := b.(Availability); ok {
+			a.OnAvailabilityChange(func() {
+				select {
+				case n.availChanged <- struct{}{}:
+				default: // a heartbeat is already due
+				}
+			})
+		}
 	}
 	return n, nil
 }
@@ -153,12 +177,13 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	unary, stream := pki.RoleInterceptors(map[string][]pki.Role{
-		"/npumesh.v1.NodeService/Generate":   {pki.RoleCoordinator},
-		"/npumesh.v1.NodeService/Info":       {pki.RoleCoordinator, pki.RoleClient},
-		"/npumesh.v1.NodeService/ListModels": {pki.RoleCoordinator, pki.RoleClient},
+		"/npumesh.v1.NodeService/Generate":     {pki.RoleCoordinator},
+		"/npumesh.v1.NodeService/Info":         {pki.RoleCoordinator, pki.RoleClient},
+		"/npumesh.v1.NodeService/ListModels":   {pki.RoleCoordinator, pki.RoleClient},
+		"/npumesh.v1.NodeService/GetTokenizer": {pki.RoleCoordinator, pki.RoleClient},
 	})
 	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(n.cfg.TLS.ServerTLS(pki.RoleCoordinator, pki.RoleClient))),
+		grpc.Creds(credentials.NewTLS(n.certs.ServerTLS(pki.RoleCoordinator, pki.RoleClient))),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -195,6 +220,13 @@ func (n *Node) Run(ctx context.Context) error {
 		defer close(ctrlDone)
 		n.controlLoop(ctrlCtx)
 	}()
+	renewCtx, stopRenew := context.WithCancel(context.Background())
+	renewDone := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		n.renewLoop(renewCtx)
+	}()
+	defer func() { stopRenew(); <-renewDone }()
 
 	var err error
 	select {
@@ -244,7 +276,12 @@ func (n *Node) modelIDs() []string {
 func (n *Node) modelInfos() []*pb.ModelInfo {
 	out := make([]*pb.ModelInfo, 0, len(n.backends))
 	for _, id := range n.modelIDs() {
-		i := n.backends[id].Info()
+		b := n.backends[id]
+		i := b.Info()
+		state := "loaded"
+		if a, ok := b.(Availability); ok && !a.Available() {
+			state = "unavailable"
+		}
 		out = append(out, &pb.ModelInfo{
 			Id:            i.ID,
 			Arch:          i.Arch,
@@ -252,8 +289,9 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 			SizeBytes:     i.SizeBytes,
 			ContextLength: int32(i.ContextLength),
 			Parameters:    i.Parameters,
-			State:         "loaded",
+			State:         state,
 			Quantization:  i.Quantization,
+			KvBlockSize:   int32(i.BlockSize),
 		})
 	}
 	return out
@@ -316,6 +354,12 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	if !ok {
 		return status.Errorf(codes.NotFound, "model %q is not served by node %s", req.GetModel(), n.cfg.Name)
 	}
+	if a, ok := b.(Availability); ok && !a.Available() {
+		return status.Errorf(codes.Unavailable, "model %q is unavailable on node %s (its upstream server is down)", req.GetModel(), n.cfg.Name)
+	}
+	if err := checkResume(b, req); err != nil {
+		return err
+	}
 	if int(n.inFlight.Add(1)) > n.cfg.MaxInFlight {
 		n.inFlight.Add(-1)
 		return status.Errorf(codes.ResourceExhausted, "node %s has %d requests in flight", n.cfg.Name, n.cfg.MaxInFlight)
@@ -348,8 +392,9 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	log.Debug("generated", "prompt_tokens", res.PromptTokens, "completion_tokens", res.CompletionTokens, "dur", time.Since(start))
 	return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Final{Final: &pb.Final{
 		Usage: &pb.Usage{
-			PromptTokens:     int32(res.PromptTokens),
-			CompletionTokens: int32(res.CompletionTokens),
+			PromptTokens:       int32(res.PromptTokens),
+			CompletionTokens:   int32(res.CompletionTokens),
+			CachedPromptTokens: int32(min(res.CachedTokens, res.PromptTokens)),
 		},
 		FinishReason: res.FinishReason,
 	}}})
@@ -367,6 +412,7 @@ func toBackendRequest(req *pb.GenerateRequest) (Request, error) {
 		r.Seed = &seed
 	}
 	r.Stop = req.GetStop()
+	r.Resume = req.GetResumeIds()
 	switch p := req.GetPrompt().(type) {
 	case *pb.GenerateRequest_Text:
 		r.Prompt = p.Text
@@ -397,6 +443,8 @@ func toStatus(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, engine.ErrInvalidRequest):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }
