@@ -26,6 +26,14 @@ var forbidden = map[string][]string{
 	"internal/openai":            {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
 	"internal/pki":               {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
 	"internal/upstream":          {mod + "internal/coordinator"},
+	// mDNS answers are hints: discovery decides nothing about trust and
+	// knows neither side of the cluster.
+	"internal/discovery": {
+		"google.golang.org/grpc", mod + "proto", mod + "internal/pki", mod + "internal/coordinator", mod + "internal/node", mod + "internal/engine",
+	},
+	// The model store keeps verified bytes on disk; moving them and placing
+	// models is the coordinator's and the node's job.
+	"internal/modelstore": {"net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
 	"internal/coordinator": {
 		mod + "internal/engine", mod + "internal/node", mod + "internal/gguf",
 	},

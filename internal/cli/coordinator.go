@@ -4,22 +4,32 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/npumesh/npumesh/internal/coordinator"
 	"github.com/npumesh/npumesh/internal/openai"
-	"github.com/npumesh/npumesh/internal/pki"
+	"github.com/npumesh/npumesh/internal/route"
+	"github.com/npumesh/npumesh/internal/web"
 )
 
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	var (
 		listen, api, tlsDir, keyFile, certFile, certKey, addrFile string
 		insecureHTTP                                              bool
+		dataDir, enrollListen                                     string
+		nodeCertTTL                                               time.Duration
+		routePolicy                                               string
+		maxOutstanding, maxPerNode                                int
+		requestTimeout, hedgeAfter                                time.Duration
+		modelQuota                                                sizeFlag
 	)
+	var mdnsOpt mdnsOptions
 	cmd := &cobra.Command{
-		Use:   "coordinator --tls-dir DIR",
+		Use:   "coordinator [--data-dir DIR | --tls-dir DIR]",
 		Short: "Run the coordinator: node registry, router and OpenAI-compatible API",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -27,13 +37,44 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			bundle, err := pki.LoadBundle(tlsDir)
+			if tlsDir == "" && dataDir == "" {
+				if dataDir, err = defaultDataDir(); err != nil {
+					return err
+				}
+			}
+			trust, err := loadCoordinatorTrust(log, tlsDir, dataDir, listen)
 			if err != nil {
 				return err
 			}
-			cfg := coordinator.Config{
-				Listen: listen, API: api, TLS: bundle, Logger: log, InsecureHTTP: insecureHTTP,
+			if enrollListen == "" && trust.ca != nil {
+				if enrollListen, err = deriveEnroll(listen); err != nil {
+					return fmt.Errorf("--listen: %w", err)
+				}
 			}
+			if enrollListen != "" && enrollListen != "off" && trust.ca == nil {
+				log.Warn("no cluster CA in the data dir, so no enrollment: --enroll-listen is ignored (give --data-dir holding ca/)", "enroll_listen", enrollListen)
+			}
+			if enrollListen == "off" {
+				enrollListen = ""
+			}
+			if addrFile == "" && dataDir != "" {
+				addrFile = filepath.Join(dataDir, "run", coordAddrFile)
+				if err := os.MkdirAll(filepath.Dir(addrFile), 0o700); err != nil {
+					return err
+				}
+			}
+			cfg := coordinator.Config{
+				Listen: listen, API: api, TLS: trust.bundle, Logger: log, InsecureHTTP: insecureHTTP,
+				CA: trust.ca, Store: trust.store, EnrollListen: enrollListen, NodeCertTTL: nodeCertTTL,
+			}
+			cfg.Dashboard = web.Handler()
+			if err := catalogConfig(&cfg, dataDir, modelQuota); err != nil {
+				return err
+			}
+			if cfg.RoutePolicy, cfg.RoutePolicies, err = route.ParsePolicies(routePolicy); err != nil {
+				return fmt.Errorf("--route-policy: %w", err)
+			}
+			cfg.MaxOutstanding, cfg.MaxOutstandingPerNode, cfg.RequestTimeout, cfg.HedgeAfter = maxOutstanding, maxPerNode, requestTimeout, hedgeAfter
 			if keyFile != "" {
 				if cfg.APIKeys, err = openai.LoadAPIKeys(keyFile); err != nil {
 					return err
@@ -60,24 +101,38 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 			if addrFile != "" {
 				// Written after both listeners are bound: its presence means ready.
 				content := fmt.Sprintf("grpc=%s\napi=%s\n", grpcAddr, apiAddr)
+				if ea := co.EnrollAddr(); ea != nil {
+					content += fmt.Sprintf("enroll=%s\n", ea)
+				}
 				if err := writeFileAtomic(addrFile, []byte(content)); err != nil {
 					return err
 				}
 			}
+			stopMDNS := mdnsOpt.advertiseCoordinator(log, trust.bundle.CAFingerprint(), grpcAddr, co.EnrollAddr(), apiAddr)
+			defer stopMDNS()
 			return co.Run(c.Context())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:7070", "gRPC address nodes register at")
 	f.StringVar(&api, "api", "127.0.0.1:8080", "HTTP address of the OpenAI API and cluster view")
-	f.StringVar(&tlsDir, "tls-dir", "", "directory holding ca.crt, tls.crt, tls.key of a coordinator certificate (required)")
+	f.StringVar(&tlsDir, "tls-dir", "", "directory holding ca.crt, tls.crt, tls.key of a coordinator certificate; alone, the coordinator keeps no state and cannot enroll nodes")
+	f.StringVar(&dataDir, "data-dir", "", "where the coordinator keeps the cluster CA, its certificates and its state (tokens, revocations, nodes); default $XDG_DATA_HOME/npumesh or ~/.local/share/npumesh unless --tls-dir is given")
+	f.StringVar(&enrollListen, "enroll-listen", "", "address of the enrollment listener that nodes with a join token connect to (default: the --listen host, port+1; \"off\" disables it)")
+	f.DurationVar(&nodeCertTTL, "node-cert-ttl", coordinator.DefaultNodeCertTTL, "lifetime of the node certificates this coordinator issues; nodes renew after two thirds")
 	f.StringVar(&keyFile, "api-key-file", "", "file of API keys, one per line; when set, requests need Authorization: Bearer KEY")
 	f.StringVar(&certFile, "tls-cert", "", "certificate for HTTPS on the public API")
 	f.StringVar(&certKey, "tls-key", "", "key for --tls-cert")
 	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow plain HTTP on a non-loopback API address (logs a warning)")
+	f.StringVar(&routePolicy, "route-policy", route.PolicyComposite, "routing policy: one of "+strings.Join(route.Policies, ", ")+"; per model: POLICY,MODEL=POLICY,...")
+	f.IntVar(&maxOutstanding, "max-outstanding", 0, "requests the coordinator runs at once across all nodes before answering 429 (0: no global limit)")
+	f.IntVar(&maxPerNode, "max-outstanding-per-node", 64, "requests the coordinator sends one node at once; beyond it on every node the API answers 429")
+	f.DurationVar(&hedgeAfter, "hedge-after", 0, "send a non-streamed request of at most 64 tokens to a second node when the first has not answered within this (0: no hedging)")
+	f.DurationVar(&requestTimeout, "request-timeout", 10*time.Minute, "longest a request may take, retries and migrations included, before the API answers 504 (0: no limit)")
+	mdnsOpt.register(cmd, true)
 	f.StringVar(&addrFile, "addr-file", "", "write the bound addresses to this file once listening")
 	_ = f.MarkHidden("addr-file")
-	_ = cmd.MarkFlagRequired("tls-dir")
+	f.Var(&modelQuota, "model-quota", "disk quota of the model catalog in DATA-DIR/modelstore, e.g. 50G (default: none)")
 	return cmd
 }
 

@@ -22,7 +22,10 @@ func newNodeCmd(g *globals) *cobra.Command {
 		join, dataDir, enrollAddr                                              string
 		models                                                                 []string
 		threads                                                                int
+		modelStore                                                             string
+		modelQuota                                                             sizeFlag
 	)
+	var mdnsOpt mdnsOptions
 	cmd := &cobra.Command{
 		Use:   "node --coordinator HOST:PORT (--tls-dir DIR | --join TOKEN --data-dir DIR) (--model PATH | --config FILE)",
 		Short: "Run a node daemon that serves models to the cluster",
@@ -36,10 +39,16 @@ func newNodeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := mdnsOpt.resolveForJoin(c.Context(), log, join, &coordinators, &enrollAddr); err != nil {
+				return err
+			}
 			bundle, bundleDir, err := loadNodeBundle(c.Context(), log, nodeTrust{
 				tlsDir: tlsDir, dataDir: dataDir, join: join, name: name, coordinator: coordinators, enrollAddr: enrollAddr,
 			})
 			if err != nil {
+				return err
+			}
+			if err := mdnsOpt.resolveForBundle(c.Context(), log, bundle, &coordinators); err != nil {
 				return err
 			}
 			var cfg *nodeConfig
@@ -48,7 +57,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			if len(models) == 0 && cfg == nil {
+			if len(models) == 0 && cfg == nil && modelStore == "" {
 				return fmt.Errorf("no model to serve: give --model PATH (a GGUF file) or --config FILE")
 			}
 			var backends []node.Backend
@@ -75,6 +84,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 				Name: name, Listen: listen, Advertise: advertise,
 				Coordinators: splitList(coordinators), TLS: bundle, TLSDir: bundleDir, Backends: backends, Logger: log,
 				MetricsListen: metricsListen,
+				Pull:          pullConfig(modelStore, modelQuota, threads),
 			})
 			if err != nil {
 				closeAll()
@@ -90,25 +100,29 @@ func newNodeCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			stopMDNS := mdnsOpt.advertiseNode(log, bundle, addr)
+			defer stopMDNS()
 			return n.Run(c.Context())
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&coordinators, "coordinator", "", "coordinator gRPC address HOST:PORT; several, comma-separated, are tried in turn (required)")
+	f.StringVar(&coordinators, "coordinator", "", "coordinator gRPC address HOST:PORT; several, comma-separated, are tried in turn (default: the coordinator of the node's cluster found on the LAN with mDNS)")
 	f.StringVar(&listen, "listen", "127.0.0.1:0", "gRPC address to serve NodeService on")
 	f.StringVar(&advertise, "advertise", "", "address the coordinator dials (default: the listen address)")
-	f.StringVar(&tlsDir, "tls-dir", "", "directory holding ca.crt, tls.crt, tls.key of a node certificate issued with `npumesh cert issue` (or use --join)")
-	f.StringVar(&join, "join", "", "join token from `npumesh token create`: enroll into --data-dir when it holds no valid certificate")
+	f.StringVar(&tlsDir, "tls-dir", "", "directory holding ca.crt, tls.crt, tls.key of a node certificate from npumesh cert issue (or use --join)")
+	f.StringVar(&join, "join", "", `join TOKEN from "npumesh token create": enroll into --data-dir when it holds no valid certificate`)
 	f.StringVar(&dataDir, "data-dir", "", "where an enrolled node keeps its key and certificate (default: $XDG_DATA_HOME/npumesh/node or ~/.local/share/npumesh/node)")
 	f.StringVar(&enrollAddr, "enroll-addr", "", "the coordinator's enrollment address (default: the first --coordinator host, port+1)")
-	f.StringVar(&name, "name", "", "node name (default: the name in the certificate)")
+	f.StringVar(&name, "name", "", "node name (default: the name in the certificate; when enrolling, the host name)")
 	f.StringArrayVar(&models, "model", nil, "model to serve: PATH or ID=PATH of a GGUF file (repeatable)")
 	f.StringVar(&configFile, "config", "", "JSON file of models to serve, builtin or upstream (see docs/npu.md); adds to --model")
 	f.IntVar(&threads, "threads", 0, "compute threads per model (default: all cores)")
 	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9464", "HTTP address of the node's Prometheus /metrics (empty disables it)")
+	f.StringVar(&modelStore, "model-store", "", "directory where the node keeps models it pulls from the cluster's catalog (npumesh model add); empty: pulls nothing")
+	f.Var(&modelQuota, "model-quota", "disk quota of --model-store, e.g. 20G (default: none)")
+	mdnsOpt.register(cmd, false)
 	f.StringVar(&addrFile, "addr-file", "", "write the bound address to this file once listening")
 	_ = f.MarkHidden("addr-file")
-	_ = cmd.MarkFlagRequired("coordinator")
 	cmd.AddCommand(newNodeInfoCmd(g))
 	cmd.AddCommand(newNodeRevokeCmd(g), newNodeUnrevokeCmd(g), newNodeListCmd(g))
 	return cmd

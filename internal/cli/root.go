@@ -88,9 +88,13 @@ func newRoot(g *globals) *cobra.Command {
 		newNodeCmd(g),
 		newCACmd(g),
 		newCertCmd(g),
+		newTokenCmd(g),
 		newGenerateCmd(g),
 		newChatCmd(g),
 		newModelCmd(g),
+		newBenchCmd(g),
+		newStatusCmd(g),
+		newDiscoverCmd(g),
 	)
 	return root
 }

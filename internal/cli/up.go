@@ -30,6 +30,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		model, keyFile string
 		threads        int
 		readyTimeout   time.Duration
+		routePolicy    string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -51,6 +52,7 @@ func newUpCmd(g *globals) *cobra.Command {
 			}
 			return runUp(c.Context(), g, upOptions{
 				nodes: nodes, api: api, dataDir: dataDir, model: model, threads: threads, readyTimeout: readyTimeout, apiKeyFile: keyFile,
+				routePolicy: routePolicy,
 			})
 		},
 	}
@@ -62,6 +64,7 @@ func newUpCmd(g *globals) *cobra.Command {
 	f.StringVar(&keyFile, "api-key-file", "", "file of API keys, one per line, that the API requires")
 	f.IntVar(&threads, "threads", 0, "compute threads per node (default: cores / nodes, at least 1)")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for the cluster to serve the model")
+	f.StringVar(&routePolicy, "route-policy", "", "the coordinator's --route-policy (default: its default)")
 	return cmd
 }
 
@@ -72,6 +75,7 @@ type upOptions struct {
 	threads      int
 	readyTimeout time.Duration
 	apiKeyFile   string
+	routePolicy  string
 }
 
 func defaultDataDir() (string, error) {
@@ -196,13 +200,19 @@ func runUp(ctx context.Context, g *globals, o upOptions) error {
 	coordAddrFile := filepath.Join(runDir, "coordinator.addr")
 	os.Remove(coordAddrFile)
 	coordArgs := []string{"coordinator", "--listen", "127.0.0.1:0", "--api", o.api,
-		"--tls-dir", bundleDir("coordinator"), "--addr-file", coordAddrFile}
+		"--tls-dir", bundleDir("coordinator"), "--addr-file", coordAddrFile,
+		// The data dir gives the coordinator the CA (enrollment, renewal),
+		// its state, and the admin client bundle in certs/admin.
+		"--data-dir", o.dataDir, "--enroll-listen", "127.0.0.1:0"}
 	if o.apiKeyFile != "" {
 		abs, err := filepath.Abs(o.apiKeyFile)
 		if err != nil {
 			return err
 		}
 		coordArgs = append(coordArgs, "--api-key-file", abs)
+	}
+	if o.routePolicy != "" {
+		coordArgs = append(coordArgs, "--route-policy", o.routePolicy)
 	}
 	coord, err := start("coordinator", coordArgs...)
 	if err != nil {
@@ -217,7 +227,9 @@ func runUp(ctx context.Context, g *globals, o upOptions) error {
 		if _, err := start(name, "node",
 			"--coordinator", grpcAddr, "--listen", "127.0.0.1:0",
 			"--tls-dir", bundleDir(name), "--model", modelPath, "--metrics-listen", "127.0.0.1:0",
-			"--threads", fmt.Sprint(threads)); err != nil {
+			"--threads", fmt.Sprint(threads),
+			// Catalog models (npumesh model add) are pulled into here.
+			"--model-store", filepath.Join(o.dataDir, "nodes", name, "models")); err != nil {
 			return err
 		}
 	}
@@ -240,7 +252,9 @@ func runUp(ctx context.Context, g *globals, o upOptions) error {
 	fmt.Fprintf(g.stdout, "npumesh is up: %d nodes serving %q\n", o.nodes, modelID)
 	fmt.Fprintf(g.stdout, "  API:   %s/v1\n", apiURL)
 	fmt.Fprintf(g.stdout, "  nodes: %s/api/v1/nodes\n", apiURL)
+	fmt.Fprintf(g.stdout, "  web:   %s/  (dashboard; in a terminal: npumesh status --api %s --watch)\n", apiURL, apiURL)
 	fmt.Fprintf(g.stdout, "  try:   curl -s %s/v1/completions -H 'Content-Type: application/json' -d '{\"model\": %q, \"prompt\": \"Once upon a time\", \"max_tokens\": 64}'\n", apiURL, modelID)
+	fmt.Fprintf(g.stdout, "  join:  npumesh node --join $(npumesh token create --data-dir %s) --coordinator %s --enroll-addr %s --data-dir DIR --model PATH\n", o.dataDir, grpcAddr, addrs["enroll"])
 	fmt.Fprintf(g.stdout, "Press Ctrl-C to stop.\n")
 
 	// Watch the children until asked to stop. A node that dies is reported

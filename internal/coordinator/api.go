@@ -88,6 +88,8 @@ type nodeView struct {
 	NodeServedTotal  uint64   `json:"node_served_total"`
 	LastSeen         string   `json:"last_seen"`
 	Joined           string   `json:"joined"`
+	// Placements are the catalog models placed on the node and their state.
+	Placements []string `json:"placements,omitempty"`
 }
 
 func (c *Coordinator) handleNodes(w http.ResponseWriter, r *http.Request) {
@@ -118,6 +120,7 @@ func (c *Coordinator) handleNodes(w http.ResponseWriter, r *http.Request) {
 		}
 		m.mu.Unlock()
 		sort.Strings(v.Models)
+		v.Placements = c.placementsFor(m.name)
 		v.InFlight = m.outstanding.Load()
 		v.Served = m.served.Load()
 		v.Failed = m.failed.Load()

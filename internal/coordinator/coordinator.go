@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -53,6 +54,52 @@ type Config struct {
 	Limits openai.Limits
 	// Dashboard, when set, is served at / (internal/web provides it).
 	Dashboard http.Handler
+
+	// CA, when set, is the cluster CA (TLS must chain to it); with it the
+	// coordinator enrolls nodes with join tokens and renews their
+	// certificates. Without it, those RPCs are refused.
+	CA *pki.CA
+	// Store keeps tokens, revocations and node records; nil keeps them in
+	// memory only.
+	Store Store
+	// EnrollListen is the address of the enrollment listener (TLS with
+	// server authentication only, serving EnrollmentService alone); ""
+	// disables enrollment. It needs CA.
+	EnrollListen string
+	// NodeCertTTL is the lifetime of issued node certificates (default
+	// DefaultNodeCertTTL).
+	NodeCertTTL time.Duration
+	// EnrollFailures failed enrollments from one address within a minute
+	// block it for the rest of that minute (default 10).
+	EnrollFailures int
+
+	// RoutePolicy is the routing policy of every model not in
+	// RoutePolicies (package route: composite, prefix, least-outstanding,
+	// p2c, round-robin, capability, session); "" is composite.
+	RoutePolicy   string
+	RoutePolicies map[string]string
+	// MaxOutstanding bounds the requests the coordinator runs at once
+	// across all nodes; beyond it the API answers 429 (0: no global limit).
+	MaxOutstanding int
+	// RequestTimeout bounds one request from arrival to its end, retries
+	// and migrations included; past it the API answers 504 (0: none).
+	RequestTimeout time.Duration
+	// BreakerFailures consecutive failed attempts on a node open its
+	// circuit for BreakerCooldown, after which one probe request decides
+	// (defaults 3 and 5s).
+	BreakerFailures int
+	BreakerCooldown time.Duration
+	// HedgeAfter, when set, sends a non-streamed request of at most
+	// HedgeMaxTokens (default 64) tokens to a second node if the first has
+	// not answered within it; the first answer wins, the other is cancelled.
+	HedgeAfter     time.Duration
+	HedgeMaxTokens int
+
+	// ModelDir holds the model catalog (content-addressed store and
+	// catalog.json; issue #7); "" disables `npumesh model add`.
+	ModelDir string
+	// ModelQuota bounds the bytes of the catalog's files (0: none).
+	ModelQuota int64
 }
 
 // Coordinator is a running coordinator.
@@ -62,9 +109,18 @@ type Coordinator struct {
 	reg *registry
 
 	grpcLn, apiLn net.Listener
+	enrollLn      net.Listener // nil when enrollment is off
 	created       int64
-	metrics       *metrics
-	recent        recentStats
+
+	certs   *pki.Reloadable
+	store   Store
+	stateMu sync.Mutex // serializes update, so revocation snapshots are stored in order
+	revoked atomic.Pointer[revset]
+	conns   *connTracker
+	metrics *metrics
+	recent  recentStats
+	rt      *routing
+	cat     *catalog // the model catalog and placement (catalog.go)
 }
 
 // New validates cfg. Nothing listens until Listen.
@@ -90,6 +146,21 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.MaxOutstandingPerNode <= 0 {
 		cfg.MaxOutstandingPerNode = 64
 	}
+	if cfg.NodeCertTTL <= 0 {
+		cfg.NodeCertTTL = DefaultNodeCertTTL
+	}
+	if cfg.EnrollFailures <= 0 {
+		cfg.EnrollFailures = 10
+	}
+	if cfg.Store == nil {
+		cfg.Store = NewMemoryStore()
+	}
+	if cfg.CA != nil && !cfg.CA.Cert().Equal(cfg.TLS.CACert()) {
+		return nil, fmt.Errorf("coordinator: the certificate in the TLS bundle is not from the cluster CA in the data dir (CA %s, bundle trusts %s)", cfg.CA.Fingerprint(), cfg.TLS.CAFingerprint())
+	}
+	if cfg.CA == nil {
+		cfg.EnrollListen = ""
+	}
 	if err := checkAPIAddr(cfg.API, cfg.APICert != nil, cfg.InsecureHTTP); err != nil {
 		return nil, err
 	}
@@ -99,8 +170,22 @@ func New(cfg Config) (*Coordinator, error) {
 		log:     log,
 		reg:     newRegistry(log, cfg.TLS, cfg.NodeTimeout),
 		created: time.Now().Unix(),
+		certs:   pki.NewReloadable(cfg.TLS),
+		store:   cfg.Store,
 	}
+	c.conns = &connTracker{c: c, conns: map[string]map[*trackedConn]bool{}}
+	st, err := cfg.Store.Load(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: load state: %w", err)
+	}
+	c.revoked.Store(newRevset(st))
 	c.metrics = newMetrics(c)
+	if err := c.initRouting(); err != nil {
+		return nil, err
+	}
+	if err := c.initCatalog(); err != nil {
+		return nil, err
+	}
 	c.recent.started = time.Now()
 	return c, nil
 }
@@ -138,10 +223,27 @@ func (c *Coordinator) Listen() (grpcAddr, apiAddr net.Addr, err error) {
 		c.grpcLn.Close()
 		return nil, nil, fmt.Errorf("coordinator: listen for the API on %s: %w", c.cfg.API, err)
 	}
+	if c.cfg.EnrollListen != "" {
+		c.enrollLn, err = net.Listen("tcp", c.cfg.EnrollListen)
+		if err != nil {
+			c.grpcLn.Close()
+			c.apiLn.Close()
+			return nil, nil, fmt.Errorf("coordinator: listen for enrollment on %s: %w", c.cfg.EnrollListen, err)
+		}
+	}
 	if c.cfg.APICert == nil && checkAPIAddr(c.cfg.API, false, false) != nil {
 		c.log.Warn("serving the OpenAI API over plain HTTP on a non-loopback address (--insecure-http): API keys and prompts cross the network in the clear", "addr", c.apiLn.Addr().String())
 	}
 	return c.grpcLn.Addr(), c.apiLn.Addr(), nil
+}
+
+// EnrollAddr is the bound enrollment address after Listen, or nil when
+// enrollment is off.
+func (c *Coordinator) EnrollAddr() net.Addr {
+	if c.enrollLn == nil {
+		return nil
+	}
+	return c.enrollLn.Addr()
 }
 
 // Run serves until ctx ends, then shuts both servers down.
@@ -153,14 +255,16 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	unary, stream := pki.RoleInterceptors(map[string][]pki.Role{
 		"/npumesh.v1.ControlService/": {pki.RoleNode},
+		"/npumesh.v1.AdminService/":   {pki.RoleClient},
 	})
 	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(c.cfg.TLS.ServerTLS(pki.RoleNode, pki.RoleClient, pki.RoleCoordinator))),
+		grpc.Creds(trackingCreds{TransportCredentials: credentials.NewTLS(c.serverTLS()), t: c.conns}),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	pb.RegisterControlServiceServer(gs, &controlService{reg: c.reg, interval: c.cfg.HeartbeatInterval})
+	pb.RegisterControlServiceServer(gs, &controlService{reg: c.reg, interval: c.cfg.HeartbeatInterval, c: c})
+	pb.RegisterAdminServiceServer(gs, &adminService{c: c})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 
@@ -175,7 +279,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
@@ -197,6 +301,26 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}()
 	rctx, stopReap := context.WithCancel(ctx)
 	go func() { defer wg.Done(); c.reg.reap(rctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.placeLoop(rctx) }()
+	var es *grpc.Server
+	if c.enrollLn != nil {
+		es = grpc.NewServer(
+			grpc.Creds(credentials.NewTLS(c.certs.EnrollServerTLS())),
+			grpc.MaxRecvMsgSize(64<<10),
+			grpc.MaxConcurrentStreams(8),
+			grpc.ConnectionTimeout(10*time.Second),
+		)
+		pb.RegisterEnrollmentServiceServer(es, &enrollService{c: c, limiter: newFailLimiter(c.cfg.EnrollFailures, time.Minute)})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := es.Serve(c.enrollLn); err != nil {
+				errc <- fmt.Errorf("coordinator enrollment: %w", err)
+			}
+		}()
+		c.log.Info("enrollment open", "addr", c.enrollLn.Addr().String(), "ca_sha256", c.cfg.CA.Fingerprint(), "node_cert_ttl", c.cfg.NodeCertTTL)
+	}
 	c.log.Info("serving", "grpc", c.grpcLn.Addr().String(), "api", c.apiLn.Addr().String())
 
 	var err error
@@ -209,6 +333,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	defer cancel()
 	_ = hsrv.Shutdown(sctx)
 	hs.Shutdown()
+	if es != nil {
+		es.Stop()
+	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {

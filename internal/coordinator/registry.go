@@ -153,6 +153,28 @@ func (r *registry) remove(name string, session uint64, why string) {
 	r.log.Warn("node removed", "node", name, "reason", why)
 }
 
+// evict drops a node whatever its registration and closes the
+// coordinator's connection to it at once, in-flight requests included (a
+// revoked node must not keep serving). It reports whether it was there.
+func (r *registry) evict(name, why string) bool {
+	r.mu.Lock()
+	m := r.members[name]
+	if m == nil {
+		r.mu.Unlock()
+		return false
+	}
+	delete(r.members, name)
+	r.departed = append(r.departed, departure{Name: name, Arch: m.info.GetArch(), Left: time.Now(), Reason: why})
+	if len(r.departed) > maxDeparted {
+		r.departed = r.departed[len(r.departed)-maxDeparted:]
+	}
+	r.mu.Unlock()
+	m.retired.Store(true)
+	m.conn.Close()
+	r.log.Warn("node removed", "node", name, "reason", why)
+	return true
+}
+
 func (r *registry) get(name string) *member {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -236,6 +258,7 @@ type controlService struct {
 	pb.UnimplementedControlServiceServer
 	reg      *registry
 	interval time.Duration
+	c        *Coordinator
 }
 
 func (s *controlService) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.RegisterResponse, error) {
@@ -251,8 +274,18 @@ func (s *controlService) Register(ctx context.Context, req *pb.RegisterRequest) 
 		return nil, status.Errorf(codes.PermissionDenied, "register: node calls itself %q but its certificate says %q", info.GetName(), id.Name)
 	}
 	info.Name = id.Name
+	if err := s.c.nodeSeen(ctx, id.Name, info.GetGrpcAddress()); errors.Is(err, errRevoked) {
+		return nil, status.Errorf(codes.PermissionDenied, "register: %v", err)
+	} else if err != nil {
+		s.c.log.Warn("cannot record the node in the coordinator state", "node", id.Name, "err", err)
+	}
 	if _, err := s.reg.add(id.Name, info); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.c.nodeRegistered(id.Name)
+	if s.c.revoked.Load().names[id.Name] { // revoked while registering
+		s.reg.evict(id.Name, "revoked")
+		return nil, status.Errorf(codes.PermissionDenied, "register: node %s is revoked", id.Name)
 	}
 	return &pb.RegisterResponse{NodeName: id.Name, HeartbeatIntervalMs: s.interval.Milliseconds()}, nil
 }
@@ -295,6 +328,8 @@ func (s *controlService) Heartbeat(stream grpc.BidiStreamingServer[pb.HeartbeatR
 			m.models = modelMap(hb.GetModels())
 		}
 		m.mu.Unlock()
+		s.c.cacheEvents(id.Name, hb.GetCacheEvents())
+		s.c.observeModels(id.Name, hb.GetModels())
 		if err := stream.Send(&pb.HeartbeatResponse{AckSeq: hb.GetSeq()}); err != nil {
 			s.reg.remove(id.Name, m.session, fmt.Sprintf("heartbeat send: %v", err))
 			return nil

@@ -7,12 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/npumesh/npumesh/internal/route"
 	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
 )
 
 func testCoordinator(maxPerNode int, nodes ...*member) *Coordinator {
-	c := &Coordinator{cfg: Config{MaxOutstandingPerNode: maxPerNode}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	c := &Coordinator{cfg: Config{MaxOutstandingPerNode: maxPerNode, RoutePolicy: "least-outstanding"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	c.reg = newRegistry(c.log, nil, time.Second)
+	if err := c.initRouting(); err != nil {
+		panic(err)
+	}
 	for _, m := range nodes {
 		c.reg.members[m.name] = m
 	}
@@ -36,13 +40,13 @@ func TestPickLeastOutstanding(t *testing.T) {
 		testMember("d", 0, false, "x"), // other model
 	)
 	for i := 0; i < 20; i++ {
-		m, err := c.pick("m", nil)
+		m, err := c.pick(&routeReq{r: route.Request{Model: "m"}}, nil)
 		if err != nil || m.name != "b" {
 			t.Fatalf("pick = %v, %v; want b (fewest outstanding among eligible)", m, err)
 		}
 	}
 	// Tried nodes are skipped.
-	if m, err := c.pick("m", map[string]bool{"b": true}); err != nil || m.name != "a" {
+	if m, err := c.pick(&routeReq{r: route.Request{Model: "m"}}, map[string]bool{"b": true}); err != nil || m.name != "a" {
 		t.Fatalf("pick excluding b = %v, %v; want a", m, err)
 	}
 }
@@ -51,7 +55,7 @@ func TestPickSpreadsTies(t *testing.T) {
 	c := testCoordinator(4, testMember("a", 0, false, "m"), testMember("b", 0, false, "m"), testMember("c", 0, false, "m"))
 	seen := map[string]int{}
 	for i := 0; i < 300; i++ {
-		m, err := c.pick("m", nil)
+		m, err := c.pick(&routeReq{r: route.Request{Model: "m"}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +80,7 @@ func TestPickErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := tc.c.pick(tc.model, nil)
+			m, err := tc.c.pick(&routeReq{r: route.Request{Model: tc.model}}, nil)
 			if err == nil {
 				t.Fatalf("pick = %s, want an error", m.name)
 			}

@@ -66,6 +66,8 @@ type Config struct {
 	// TelemetryInterval is how often temperatures and power are sampled;
 	// 0 means accel.DefaultInterval.
 	TelemetryInterval time.Duration
+	// Pull, when set, lets the node pull catalog models (pull.go).
+	Pull *PullConfig
 }
 
 // Node is a running node daemon.
@@ -93,6 +95,7 @@ type Node struct {
 	sampler  *accel.Sampler
 	metrics  *nodeMetrics
 	cache    cacheEvents // KV-cache events waiting for the next heartbeat
+	pull     *puller     // catalog model pulls; nil without Config.Pull
 }
 
 // New validates cfg and returns a node that is not yet serving.
@@ -135,6 +138,9 @@ func New(cfg Config) (*Node, error) {
 		certs:        pki.NewReloadable(cfg.TLS),
 	}
 	n.metrics = newNodeMetrics(n)
+	if err := n.initPull(); err != nil {
+		return nil, err
+	}
 	for id, b := range n.backends {
 		if src, ok := b.(cacheEventSource); ok {
 			src.SetCacheEvents(func(ev kvcache.Event) { n.cache.add(id, ev) })
@@ -181,9 +187,10 @@ func (n *Node) Run(ctx context.Context) error {
 		"/npumesh.v1.NodeService/Info":         {pki.RoleCoordinator, pki.RoleClient},
 		"/npumesh.v1.NodeService/ListModels":   {pki.RoleCoordinator, pki.RoleClient},
 		"/npumesh.v1.NodeService/GetTokenizer": {pki.RoleCoordinator, pki.RoleClient},
+		"/npumesh.v1.NodeService/FetchChunks":  {pki.RoleNode, pki.RoleCoordinator},
 	})
 	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(n.certs.ServerTLS(pki.RoleCoordinator, pki.RoleClient))),
+		grpc.Creds(credentials.NewTLS(n.certs.ServerTLS(pki.RoleCoordinator, pki.RoleClient, pki.RoleNode))),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -227,6 +234,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.renewLoop(renewCtx)
 	}()
 	defer func() { stopRenew(); <-renewDone }()
+	defer n.startPull()()
 
 	var err error
 	select {
@@ -294,7 +302,7 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 			KvBlockSize:   int32(i.BlockSize),
 		})
 	}
-	return out
+	return append(out, n.pulledModelInfos()...)
 }
 
 func (n *Node) info(advertise string) *pb.NodeInfo {
@@ -350,7 +358,7 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	if n.draining.Load() {
 		return status.Error(codes.Unavailable, "node is draining")
 	}
-	b, ok := n.backends[req.GetModel()]
+	b, ok := n.backend(req.GetModel())
 	if !ok {
 		return status.Errorf(codes.NotFound, "model %q is not served by node %s", req.GetModel(), n.cfg.Name)
 	}

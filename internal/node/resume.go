@@ -56,7 +56,7 @@ var (
 
 // GetTokenizer implements pb.NodeServiceServer.
 func (s *nodeService) GetTokenizer(ctx context.Context, req *pb.GetTokenizerRequest) (*pb.GetTokenizerResponse, error) {
-	b, ok := s.n.backends[req.GetModel()]
+	b, ok := s.n.backend(req.GetModel())
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "model %q is not served by node %s", req.GetModel(), s.n.cfg.Name)
 	}

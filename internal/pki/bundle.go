@@ -72,6 +72,12 @@ func LoadBundle(dir string) (*Bundle, error) {
 	return b, nil
 }
 
+// ParseBundle checks the three PEM inputs as WriteBundle does and returns
+// the bundle without touching the disk.
+func ParseBundle(caPEM, certPEM, keyPEM []byte) (*Bundle, error) {
+	return newBundle(caPEM, certPEM, keyPEM, time.Now())
+}
+
 func newBundle(caPEM, certPEM, keyPEM []byte, now time.Time) (*Bundle, error) {
 	ca, err := parseCert(caPEM, BundleCAFile)
 	if err != nil {
@@ -96,7 +102,7 @@ func newBundle(caPEM, certPEM, keyPEM []byte, now time.Time) (*Bundle, error) {
 		return nil, fmt.Errorf("%s: %w", BundleCertFile, err)
 	}
 	if now.After(leaf.NotAfter) {
-		return nil, fmt.Errorf("%s: certificate for %s expired at %s", BundleCertFile, id, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("%s: certificate for %s %w at %s", BundleCertFile, id, ErrCertExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
@@ -115,6 +121,10 @@ func (b *Bundle) Identity() Identity { return b.id }
 
 // Leaf returns the bundle's own certificate. Callers must not modify it.
 func (b *Bundle) Leaf() *x509.Certificate { return b.cert.Leaf }
+
+// CACert returns the cluster CA certificate the bundle trusts. Callers
+// must not modify it.
+func (b *Bundle) CACert() *x509.Certificate { return b.ca }
 
 // CAFingerprint returns the fingerprint (see Fingerprint) of the cluster CA
 // the bundle trusts.

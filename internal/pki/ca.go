@@ -183,29 +183,55 @@ func (r IssueRequest) Identity() Identity { return Identity{Role: r.Role, Name: 
 // returns both in PEM (the key in PKCS#8).
 func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
 	id := req.Identity()
+	if err := req.validate(); err != nil {
+		return nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue certificate for %s: generate key: %w", id, err)
+	}
+	cert, err := ca.sign(req, key.Public())
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue certificate for %s: %w", id, err)
+	}
+	return encodeCert(cert.Raw), keyPEM, nil
+}
+
+func (req IssueRequest) validate() error {
+	id := req.Identity()
 	if err := id.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("issue certificate: %w", err)
+		return fmt.Errorf("issue certificate: %w", err)
 	}
 	for _, d := range req.DNS {
 		if err := validateDNSName(d); err != nil {
-			return nil, nil, fmt.Errorf("issue certificate for %s: %w", id, err)
+			return fmt.Errorf("issue certificate for %s: %w", id, err)
 		}
 	}
 	for _, ip := range req.IPs {
 		if ip == nil || (ip.To4() == nil && len(ip) != net.IPv6len) {
-			return nil, nil, fmt.Errorf("issue certificate for %s: invalid IP address %v", id, ip)
+			return fmt.Errorf("issue certificate for %s: invalid IP address %v", id, ip)
 		}
 	}
+	if req.Validity < 0 {
+		return fmt.Errorf("issue certificate for %s: negative validity %v", id, req.Validity)
+	}
+	return nil
+}
+
+// sign creates the certificate for a validated req and public key pub.
+func (ca *CA) sign(req IssueRequest, pub crypto.PublicKey) (*x509.Certificate, error) {
+	id := req.Identity()
 	validity := req.Validity
 	if validity == 0 {
 		validity = DefaultValidity
 	}
-	if validity < 0 {
-		return nil, nil, fmt.Errorf("issue certificate for %s: negative validity %v", id, validity)
-	}
 	now := time.Now()
 	if !now.Before(ca.cert.NotAfter) {
-		return nil, nil, fmt.Errorf("issue certificate for %s: the cluster CA expired at %v; create a new one with `npumesh ca init`", id, ca.cert.NotAfter)
+		return nil, fmt.Errorf("issue certificate for %s: the cluster CA expired at %v; create a new one with `npumesh ca init`", id, ca.cert.NotAfter)
 	}
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.cert.NotAfter) {
@@ -217,15 +243,11 @@ func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
 	}
 	uri, err := urlOf(id)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue certificate for %s: %w", id, err)
+		return nil, fmt.Errorf("issue certificate for %s: %w", id, err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue certificate for %s: %w", id, err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("issue certificate for %s: generate key: %w", id, err)
+		return nil, fmt.Errorf("issue certificate for %s: %w", id, err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -239,15 +261,15 @@ func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
 		IPAddresses:           slices.Clone(req.IPs),
 		DNSNames:              slices.Clone(req.DNS),
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue certificate for %s: %w", id, err)
+		return nil, fmt.Errorf("issue certificate for %s: %w", id, err)
 	}
-	keyPEM, err = encodeKey(key)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue certificate for %s: %w", id, err)
+		return nil, fmt.Errorf("issue certificate for %s: %w", id, err)
 	}
-	return encodeCert(der), keyPEM, nil
+	return cert, nil
 }
 
 // renewBefore is how close to expiry EnsureBundle replaces a certificate:

@@ -25,6 +25,15 @@ var (
 	ErrCAExists       = errors.New("cluster CA already exists")
 	ErrPermission     = errors.New("role not permitted")
 	ErrUnexpectedPeer = errors.New("unexpected peer identity")
+	// ErrCertExpired is wrapped by LoadBundle's error for an expired certificate.
+	ErrCertExpired = errors.New("expired")
+	// ErrInvalidToken is wrapped by ParseJoinToken's errors.
+	ErrInvalidToken = errors.New("invalid join token")
+	// ErrBadCSR is wrapped by SignCSR's errors about the request itself.
+	ErrBadCSR = errors.New("bad certificate signing request")
+	// ErrCAMismatch: a server does not present the cluster CA a join
+	// token names.
+	ErrCAMismatch = errors.New("coordinator does not hold the CA the join token names")
 )
 
 // identityScheme is the URI scheme of identity SANs.

@@ -74,7 +74,7 @@ func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheEvent_Kind.Descriptor instead.
 func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20, 0}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22, 0}
 }
 
 type InfoRequest struct {
@@ -513,7 +513,11 @@ type ModelInfo struct {
 	// Measured decode speed in tokens/s, 0 when unknown.
 	DecodeTokS float64 `protobuf:"fixed64,9,opt,name=decode_tok_s,json=decodeTokS,proto3" json:"decode_tok_s,omitempty"`
 	// Tokens per KV-cache block, for prefix-aware routing (0: no prefix cache).
-	KvBlockSize   int32 `protobuf:"varint,10,opt,name=kv_block_size,json=kvBlockSize,proto3" json:"kv_block_size,omitempty"`
+	KvBlockSize int32 `protobuf:"varint,10,opt,name=kv_block_size,json=kvBlockSize,proto3" json:"kv_block_size,omitempty"`
+	// Why the state is "failed" (or "unavailable").
+	Reason string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Fraction transferred while the state is "pulling", 0..1.
+	Progress      float64 `protobuf:"fixed64,12,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -614,6 +618,20 @@ func (x *ModelInfo) GetDecodeTokS() float64 {
 func (x *ModelInfo) GetKvBlockSize() int32 {
 	if x != nil {
 		return x.KvBlockSize
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetProgress() float64 {
+	if x != nil {
+		return x.Progress
 	}
 	return 0
 }
@@ -855,10 +873,17 @@ type GenerateRequest struct {
 	//	*GenerateRequest_Text
 	//	*GenerateRequest_Tokens
 	//	*GenerateRequest_Chat
-	Prompt        isGenerateRequest_Prompt `protobuf_oneof:"prompt"`
-	Sampling      *SamplingParams          `protobuf:"bytes,5,opt,name=sampling,proto3" json:"sampling,omitempty"`
-	MaxTokens     int32                    `protobuf:"varint,6,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
-	Stop          []string                 `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
+	Prompt    isGenerateRequest_Prompt `protobuf_oneof:"prompt"`
+	Sampling  *SamplingParams          `protobuf:"bytes,5,opt,name=sampling,proto3" json:"sampling,omitempty"`
+	MaxTokens int32                    `protobuf:"varint,6,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	Stop      []string                 `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
+	// resume_ids continues a completion that another node started (mid-stream
+	// migration): they are the tokens already generated and delivered (the
+	// TokenDelta ids so far), which follow the prompt. The node decodes them
+	// without emitting their text, then streams only what follows, so the
+	// client's text has no gap and no repeat; max_tokens counts only new
+	// tokens, and the Final's usage counts the resumed ones as completion.
+	ResumeIds     []int32 `protobuf:"varint,9,rep,packed,name=resume_ids,json=resumeIds,proto3" json:"resume_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -962,6 +987,13 @@ func (x *GenerateRequest) GetStop() []string {
 	return nil
 }
 
+func (x *GenerateRequest) GetResumeIds() []int32 {
+	if x != nil {
+		return x.ResumeIds
+	}
+	return nil
+}
+
 type isGenerateRequest_Prompt interface {
 	isGenerateRequest_Prompt()
 }
@@ -989,6 +1021,112 @@ func (*GenerateRequest_Tokens) isGenerateRequest_Prompt() {}
 
 func (*GenerateRequest_Chat) isGenerateRequest_Prompt() {}
 
+type GetTokenizerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenizerRequest) Reset() {
+	*x = GetTokenizerRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenizerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenizerRequest) ProtoMessage() {}
+
+func (x *GetTokenizerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenizerRequest.ProtoReflect.Descriptor instead.
+func (*GetTokenizerRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetTokenizerRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+type GetTokenizerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "spm": data is tokenizer.SPMConfig as JSON (GGUF SentencePiece models).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Tokens per KV-cache block (0: no prefix cache).
+	KvBlockSize   int32 `protobuf:"varint,3,opt,name=kv_block_size,json=kvBlockSize,proto3" json:"kv_block_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenizerResponse) Reset() {
+	*x = GetTokenizerResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenizerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenizerResponse) ProtoMessage() {}
+
+func (x *GetTokenizerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenizerResponse.ProtoReflect.Descriptor instead.
+func (*GetTokenizerResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetTokenizerResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *GetTokenizerResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *GetTokenizerResponse) GetKvBlockSize() int32 {
+	if x != nil {
+		return x.KvBlockSize
+	}
+	return 0
+}
+
 type ChatMessage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
@@ -999,7 +1137,7 @@ type ChatMessage struct {
 
 func (x *ChatMessage) Reset() {
 	*x = ChatMessage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1149,7 @@ func (x *ChatMessage) String() string {
 func (*ChatMessage) ProtoMessage() {}
 
 func (x *ChatMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1162,7 @@ func (x *ChatMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
 func (*ChatMessage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{11}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChatMessage) GetRole() string {
@@ -1050,7 +1188,7 @@ type ChatPrompt struct {
 
 func (x *ChatPrompt) Reset() {
 	*x = ChatPrompt{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1200,7 @@ func (x *ChatPrompt) String() string {
 func (*ChatPrompt) ProtoMessage() {}
 
 func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1213,7 @@ func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatPrompt.ProtoReflect.Descriptor instead.
 func (*ChatPrompt) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{12}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ChatPrompt) GetMessages() []*ChatMessage {
@@ -1098,7 +1236,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1248,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1261,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GenerateResponse) GetMsg() isGenerateResponse_Msg {
@@ -1180,7 +1318,7 @@ type TokenDelta struct {
 
 func (x *TokenDelta) Reset() {
 	*x = TokenDelta{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1330,7 @@ func (x *TokenDelta) String() string {
 func (*TokenDelta) ProtoMessage() {}
 
 func (x *TokenDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1343,7 @@ func (x *TokenDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenDelta.ProtoReflect.Descriptor instead.
 func (*TokenDelta) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TokenDelta) GetIds() []int32 {
@@ -1233,7 +1371,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1383,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1396,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -1293,7 +1431,7 @@ type Final struct {
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1443,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1456,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Final) GetUsage() *Usage {
@@ -1344,7 +1482,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1494,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1507,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterRequest) GetInfo() *NodeInfo {
@@ -1390,7 +1528,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1540,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1553,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterResponse) GetNodeName() string {
@@ -1445,7 +1583,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1595,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1608,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeLoad) GetInFlight() int32 {
@@ -1513,7 +1651,7 @@ type CacheEvent struct {
 
 func (x *CacheEvent) Reset() {
 	*x = CacheEvent{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1663,7 @@ func (x *CacheEvent) String() string {
 func (*CacheEvent) ProtoMessage() {}
 
 func (x *CacheEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1676,7 @@ func (x *CacheEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
 func (*CacheEvent) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CacheEvent) GetKind() CacheEvent_Kind {
@@ -1578,7 +1716,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1728,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1741,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HeartbeatRequest) GetNodeName() string {
@@ -1664,7 +1802,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1814,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1827,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HeartbeatResponse) GetAckSeq() uint64 {
@@ -1709,7 +1847,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1859,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1872,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RenewRequest) GetCsrPem() []byte {
@@ -1754,7 +1892,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +1904,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +1917,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewResponse) GetCertPem() []byte {
@@ -1811,7 +1949,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1961,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1974,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EnrollRequest) GetTokenId() string {
@@ -1877,7 +2015,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2027,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2040,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnrollResponse) GetCertPem() []byte {
@@ -1932,7 +2070,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2082,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2095,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -1992,7 +2130,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2142,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2155,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2048,7 +2186,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2198,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2211,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2126,7 +2264,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2276,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2289,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
 }
 
 type ListTokensResponse struct {
@@ -2163,7 +2301,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2313,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2326,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2207,7 +2345,7 @@ type DeleteTokenRequest struct {
 
 func (x *DeleteTokenRequest) Reset() {
 	*x = DeleteTokenRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2357,7 @@ func (x *DeleteTokenRequest) String() string {
 func (*DeleteTokenRequest) ProtoMessage() {}
 
 func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2370,7 @@ func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteTokenRequest) GetId() string {
@@ -2250,7 +2388,7 @@ type DeleteTokenResponse struct {
 
 func (x *DeleteTokenResponse) Reset() {
 	*x = DeleteTokenResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2400,7 @@ func (x *DeleteTokenResponse) String() string {
 func (*DeleteTokenResponse) ProtoMessage() {}
 
 func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2413,7 @@ func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTokenResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTokenResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
 }
 
 type RevokeNodeRequest struct {
@@ -2288,7 +2426,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2438,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2451,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RevokeNodeRequest) GetName() string {
@@ -2342,7 +2480,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2492,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2505,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeNodeResponse) GetDisconnected() bool {
@@ -2393,7 +2531,7 @@ type UnrevokeNodeRequest struct {
 
 func (x *UnrevokeNodeRequest) Reset() {
 	*x = UnrevokeNodeRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2543,7 @@ func (x *UnrevokeNodeRequest) String() string {
 func (*UnrevokeNodeRequest) ProtoMessage() {}
 
 func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2556,7 @@ func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UnrevokeNodeRequest) GetName() string {
@@ -2436,7 +2574,7 @@ type UnrevokeNodeResponse struct {
 
 func (x *UnrevokeNodeResponse) Reset() {
 	*x = UnrevokeNodeResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2586,7 @@ func (x *UnrevokeNodeResponse) String() string {
 func (*UnrevokeNodeResponse) ProtoMessage() {}
 
 func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2599,7 @@ func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*UnrevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
 }
 
 type ListNodesRequest struct {
@@ -2472,7 +2610,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2622,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2635,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
 }
 
 type NodeRecord struct {
@@ -2517,7 +2655,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2667,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2680,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NodeRecord) GetName() string {
@@ -2610,7 +2748,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +2760,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +2773,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeRecord {
@@ -2643,6 +2781,1057 @@ func (x *ListNodesResponse) GetNodes() []*NodeRecord {
 		return x.Nodes
 	}
 	return nil
+}
+
+type ModelFile struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Size   int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256 string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// Hex SHA-256 of each chunk_size piece; the last may be shorter.
+	Chunks        []string `protobuf:"bytes,4,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelFile) Reset() {
+	*x = ModelFile{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelFile) ProtoMessage() {}
+
+func (x *ModelFile) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelFile.ProtoReflect.Descriptor instead.
+func (*ModelFile) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ModelFile) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ModelFile) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ModelFile) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ModelFile) GetChunks() []string {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
+type ModelManifest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Format        string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"` // "gguf", "safetensors"
+	ChunkSize     int64                  `protobuf:"varint,3,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	Files         []*ModelFile           `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelManifest) Reset() {
+	*x = ModelManifest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelManifest) ProtoMessage() {}
+
+func (x *ModelManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelManifest.ProtoReflect.Descriptor instead.
+func (*ModelManifest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ModelManifest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ModelManifest) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *ModelManifest) GetChunkSize() int64 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
+func (x *ModelManifest) GetFiles() []*ModelFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type FetchChunksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Indexes       []uint32               `protobuf:"varint,3,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchChunksRequest) Reset() {
+	*x = FetchChunksRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchChunksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchChunksRequest) ProtoMessage() {}
+
+func (x *FetchChunksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchChunksRequest.ProtoReflect.Descriptor instead.
+func (*FetchChunksRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *FetchChunksRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *FetchChunksRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *FetchChunksRequest) GetIndexes() []uint32 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+// ChunkData is a piece of one chunk (chunks travel in pieces of at most
+// 1 MiB, under gRPC's default message limit); offset is within the chunk.
+type ChunkData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Index         uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Offset        int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChunkData) Reset() {
+	*x = ChunkData{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChunkData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChunkData) ProtoMessage() {}
+
+func (x *ChunkData) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChunkData.ProtoReflect.Descriptor instead.
+func (*ChunkData) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ChunkData) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ChunkData) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ChunkData) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ChunkData) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type GetAssignmentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAssignmentsRequest) Reset() {
+	*x = GetAssignmentsRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAssignmentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAssignmentsRequest) ProtoMessage() {}
+
+func (x *GetAssignmentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAssignmentsRequest.ProtoReflect.Descriptor instead.
+func (*GetAssignmentsRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{47}
+}
+
+type ChunkSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty for the coordinator.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChunkSource) Reset() {
+	*x = ChunkSource{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChunkSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChunkSource) ProtoMessage() {}
+
+func (x *ChunkSource) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChunkSource.ProtoReflect.Descriptor instead.
+func (*ChunkSource) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ChunkSource) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ChunkSource) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type ModelAssignment struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Manifest *ModelManifest         `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// Peers holding the model complete; the coordinator is always a source.
+	Sources       []*ChunkSource `protobuf:"bytes,2,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelAssignment) Reset() {
+	*x = ModelAssignment{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelAssignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelAssignment) ProtoMessage() {}
+
+func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelAssignment.ProtoReflect.Descriptor instead.
+func (*ModelAssignment) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ModelAssignment) GetManifest() *ModelManifest {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+func (x *ModelAssignment) GetSources() []*ChunkSource {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+type GetAssignmentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Models        []*ModelAssignment     `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAssignmentsResponse) Reset() {
+	*x = GetAssignmentsResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAssignmentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAssignmentsResponse) ProtoMessage() {}
+
+func (x *GetAssignmentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAssignmentsResponse.ProtoReflect.Descriptor instead.
+func (*GetAssignmentsResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *GetAssignmentsResponse) GetModels() []*ModelAssignment {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+type AddModelHeader struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Manifest *ModelManifest         `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// Nodes that should hold the model; 0 means 1.
+	Replicas int32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// KV-cache memory the built-in engine will take for the model (its
+	// default budget), which placement adds to the weights; 0: estimate.
+	KvBudgetBytes int64 `protobuf:"varint,3,opt,name=kv_budget_bytes,json=kvBudgetBytes,proto3" json:"kv_budget_bytes,omitempty"`
+	// Architecture from the model's metadata ("llama", "qwen2"), if known.
+	Arch          string `protobuf:"bytes,4,opt,name=arch,proto3" json:"arch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddModelHeader) Reset() {
+	*x = AddModelHeader{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddModelHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddModelHeader) ProtoMessage() {}
+
+func (x *AddModelHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddModelHeader.ProtoReflect.Descriptor instead.
+func (*AddModelHeader) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *AddModelHeader) GetManifest() *ModelManifest {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+func (x *AddModelHeader) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *AddModelHeader) GetKvBudgetBytes() int64 {
+	if x != nil {
+		return x.KvBudgetBytes
+	}
+	return 0
+}
+
+func (x *AddModelHeader) GetArch() string {
+	if x != nil {
+		return x.Arch
+	}
+	return ""
+}
+
+type AddModelRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*AddModelRequest_Header
+	//	*AddModelRequest_Chunk
+	Msg           isAddModelRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddModelRequest) Reset() {
+	*x = AddModelRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddModelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddModelRequest) ProtoMessage() {}
+
+func (x *AddModelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddModelRequest.ProtoReflect.Descriptor instead.
+func (*AddModelRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *AddModelRequest) GetMsg() isAddModelRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *AddModelRequest) GetHeader() *AddModelHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*AddModelRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *AddModelRequest) GetChunk() *ChunkData {
+	if x != nil {
+		if x, ok := x.Msg.(*AddModelRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isAddModelRequest_Msg interface {
+	isAddModelRequest_Msg()
+}
+
+type AddModelRequest_Header struct {
+	Header *AddModelHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type AddModelRequest_Chunk struct {
+	Chunk *ChunkData `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+func (*AddModelRequest_Header) isAddModelRequest_Msg() {}
+
+func (*AddModelRequest_Chunk) isAddModelRequest_Msg() {}
+
+type FileNeed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Indexes       []uint32               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileNeed) Reset() {
+	*x = FileNeed{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileNeed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileNeed) ProtoMessage() {}
+
+func (x *FileNeed) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileNeed.ProtoReflect.Descriptor instead.
+func (*FileNeed) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *FileNeed) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *FileNeed) GetIndexes() []uint32 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+type AddModelResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First answer: the chunks the coordinator lacks.
+	Need []*FileNeed `protobuf:"bytes,1,rep,name=need,proto3" json:"need,omitempty"`
+	// Last answer: the catalog entry.
+	Done          *CatalogModel `protobuf:"bytes,2,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddModelResponse) Reset() {
+	*x = AddModelResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddModelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddModelResponse) ProtoMessage() {}
+
+func (x *AddModelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddModelResponse.ProtoReflect.Descriptor instead.
+func (*AddModelResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *AddModelResponse) GetNeed() []*FileNeed {
+	if x != nil {
+		return x.Need
+	}
+	return nil
+}
+
+func (x *AddModelResponse) GetDone() *CatalogModel {
+	if x != nil {
+		return x.Done
+	}
+	return nil
+}
+
+type ReplicaStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// "assigned", "pulling", "loaded", "failed", "unavailable".
+	State         string  `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Progress      float64 `protobuf:"fixed64,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	Reason        string  `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStatus) Reset() {
+	*x = ReplicaStatus{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStatus) ProtoMessage() {}
+
+func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
+func (*ReplicaStatus) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ReplicaStatus) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetProgress() float64 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
+}
+
+func (x *ReplicaStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CatalogModel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Format        string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	SizeBytes     uint64                 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Replicas      int32                  `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	ReplicaStatus []*ReplicaStatus       `protobuf:"bytes,5,rep,name=replica_status,json=replicaStatus,proto3" json:"replica_status,omitempty"`
+	// The latest placement decisions, one line each.
+	Decisions     []string `protobuf:"bytes,6,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	AddedUnix     int64    `protobuf:"varint,7,opt,name=added_unix,json=addedUnix,proto3" json:"added_unix,omitempty"`
+	Arch          string   `protobuf:"bytes,8,opt,name=arch,proto3" json:"arch,omitempty"`
+	KvBudgetBytes int64    `protobuf:"varint,9,opt,name=kv_budget_bytes,json=kvBudgetBytes,proto3" json:"kv_budget_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CatalogModel) Reset() {
+	*x = CatalogModel{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CatalogModel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CatalogModel) ProtoMessage() {}
+
+func (x *CatalogModel) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CatalogModel.ProtoReflect.Descriptor instead.
+func (*CatalogModel) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *CatalogModel) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CatalogModel) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *CatalogModel) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *CatalogModel) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *CatalogModel) GetReplicaStatus() []*ReplicaStatus {
+	if x != nil {
+		return x.ReplicaStatus
+	}
+	return nil
+}
+
+func (x *CatalogModel) GetDecisions() []string {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *CatalogModel) GetAddedUnix() int64 {
+	if x != nil {
+		return x.AddedUnix
+	}
+	return 0
+}
+
+func (x *CatalogModel) GetArch() string {
+	if x != nil {
+		return x.Arch
+	}
+	return ""
+}
+
+func (x *CatalogModel) GetKvBudgetBytes() int64 {
+	if x != nil {
+		return x.KvBudgetBytes
+	}
+	return 0
+}
+
+type ListCatalogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCatalogRequest) Reset() {
+	*x = ListCatalogRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCatalogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCatalogRequest) ProtoMessage() {}
+
+func (x *ListCatalogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCatalogRequest.ProtoReflect.Descriptor instead.
+func (*ListCatalogRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{57}
+}
+
+type ListCatalogResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Models        []*CatalogModel        `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCatalogResponse) Reset() {
+	*x = ListCatalogResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCatalogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCatalogResponse) ProtoMessage() {}
+
+func (x *ListCatalogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCatalogResponse.ProtoReflect.Descriptor instead.
+func (*ListCatalogResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ListCatalogResponse) GetModels() []*CatalogModel {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+type RemoveModelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveModelRequest) Reset() {
+	*x = RemoveModelRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveModelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveModelRequest) ProtoMessage() {}
+
+func (x *RemoveModelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveModelRequest.ProtoReflect.Descriptor instead.
+func (*RemoveModelRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *RemoveModelRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveModelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveModelResponse) Reset() {
+	*x = RemoveModelResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveModelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveModelResponse) ProtoMessage() {}
+
+func (x *RemoveModelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveModelResponse.ProtoReflect.Descriptor instead.
+func (*RemoveModelResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{60}
 }
 
 var File_npumesh_v1_npumesh_proto protoreflect.FileDescriptor
@@ -2693,7 +3882,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x0fsampled_unix_ms\x18\x05 \x01(\x03R\rsampledUnixMs\"6\n" +
 	"\x06Sensor\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xaf\x02\n" +
+	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xe3\x02\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x18\n" +
@@ -2709,7 +3898,9 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\fdecode_tok_s\x18\t \x01(\x01R\n" +
 	"decodeTokS\x12\"\n" +
 	"\rkv_block_size\x18\n" +
-	" \x01(\x05R\vkvBlockSize\"\x13\n" +
+	" \x01(\x05R\vkvBlockSize\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\x12\x1a\n" +
+	"\bprogress\x18\f \x01(\x01R\bprogress\"\x13\n" +
 	"\x11ListModelsRequest\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.npumesh.v1.ModelInfoR\x06models\"\x9a\x02\n" +
@@ -2724,7 +3915,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x10presence_penalty\x18\b \x01(\x02R\x0fpresencePenaltyB\a\n" +
 	"\x05_seed\"\x1c\n" +
 	"\bTokenIDs\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xaf\x02\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xce\x02\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -2735,8 +3926,16 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\bsampling\x18\x05 \x01(\v2\x1a.npumesh.v1.SamplingParamsR\bsampling\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x06 \x01(\x05R\tmaxTokens\x12\x12\n" +
-	"\x04stop\x18\a \x03(\tR\x04stopB\b\n" +
-	"\x06prompt\";\n" +
+	"\x04stop\x18\a \x03(\tR\x04stop\x12\x1d\n" +
+	"\n" +
+	"resume_ids\x18\t \x03(\x05R\tresumeIdsB\b\n" +
+	"\x06prompt\"+\n" +
+	"\x13GetTokenizerRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\"b\n" +
+	"\x14GetTokenizerResponse\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\"\n" +
+	"\rkv_block_size\x18\x03 \x01(\x05R\vkvBlockSize\";\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\"A\n" +
@@ -2845,18 +4044,89 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\arevoked\x18\a \x01(\bR\arevoked\x12\x1c\n" +
 	"\tconnected\x18\b \x01(\bR\tconnected\"A\n" +
 	"\x11ListNodesResponse\x12,\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x16.npumesh.v1.NodeRecordR\x05nodes2\xda\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x16.npumesh.v1.NodeRecordR\x05nodes\"c\n" +
+	"\tModelFile\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x16\n" +
+	"\x06chunks\x18\x04 \x03(\tR\x06chunks\"\x87\x01\n" +
+	"\rModelManifest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x03 \x01(\x03R\tchunkSize\x12+\n" +
+	"\x05files\x18\x04 \x03(\v2\x15.npumesh.v1.ModelFileR\x05files\"\\\n" +
+	"\x12FetchChunksRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x18\n" +
+	"\aindexes\x18\x03 \x03(\rR\aindexes\"e\n" +
+	"\tChunkData\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\rR\x05index\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"\x17\n" +
+	"\x15GetAssignmentsRequest\";\n" +
+	"\vChunkSource\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"{\n" +
+	"\x0fModelAssignment\x125\n" +
+	"\bmanifest\x18\x01 \x01(\v2\x19.npumesh.v1.ModelManifestR\bmanifest\x121\n" +
+	"\asources\x18\x02 \x03(\v2\x17.npumesh.v1.ChunkSourceR\asources\"M\n" +
+	"\x16GetAssignmentsResponse\x123\n" +
+	"\x06models\x18\x01 \x03(\v2\x1b.npumesh.v1.ModelAssignmentR\x06models\"\x9f\x01\n" +
+	"\x0eAddModelHeader\x125\n" +
+	"\bmanifest\x18\x01 \x01(\v2\x19.npumesh.v1.ModelManifestR\bmanifest\x12\x1a\n" +
+	"\breplicas\x18\x02 \x01(\x05R\breplicas\x12&\n" +
+	"\x0fkv_budget_bytes\x18\x03 \x01(\x03R\rkvBudgetBytes\x12\x12\n" +
+	"\x04arch\x18\x04 \x01(\tR\x04arch\"}\n" +
+	"\x0fAddModelRequest\x124\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.npumesh.v1.AddModelHeaderH\x00R\x06header\x12-\n" +
+	"\x05chunk\x18\x02 \x01(\v2\x15.npumesh.v1.ChunkDataH\x00R\x05chunkB\x05\n" +
+	"\x03msg\"<\n" +
+	"\bFileNeed\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
+	"\aindexes\x18\x02 \x03(\rR\aindexes\"j\n" +
+	"\x10AddModelResponse\x12(\n" +
+	"\x04need\x18\x01 \x03(\v2\x14.npumesh.v1.FileNeedR\x04need\x12,\n" +
+	"\x04done\x18\x02 \x01(\v2\x18.npumesh.v1.CatalogModelR\x04done\"m\n" +
+	"\rReplicaStatus\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1a\n" +
+	"\bprogress\x18\x03 \x01(\x01R\bprogress\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xb0\x02\n" +
+	"\fCatalogModel\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\x05R\breplicas\x12@\n" +
+	"\x0ereplica_status\x18\x05 \x03(\v2\x19.npumesh.v1.ReplicaStatusR\rreplicaStatus\x12\x1c\n" +
+	"\tdecisions\x18\x06 \x03(\tR\tdecisions\x12\x1d\n" +
+	"\n" +
+	"added_unix\x18\a \x01(\x03R\taddedUnix\x12\x12\n" +
+	"\x04arch\x18\b \x01(\tR\x04arch\x12&\n" +
+	"\x0fkv_budget_bytes\x18\t \x01(\x03R\rkvBudgetBytes\"\x14\n" +
+	"\x12ListCatalogRequest\"G\n" +
+	"\x13ListCatalogResponse\x120\n" +
+	"\x06models\x18\x01 \x03(\v2\x18.npumesh.v1.CatalogModelR\x06models\"(\n" +
+	"\x12RemoveModelRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x13RemoveModelResponse2\xf5\x02\n" +
 	"\vNodeService\x125\n" +
 	"\x04Info\x12\x17.npumesh.v1.InfoRequest\x1a\x14.npumesh.v1.NodeInfo\x12G\n" +
 	"\bGenerate\x12\x1b.npumesh.v1.GenerateRequest\x1a\x1c.npumesh.v1.GenerateResponse0\x01\x12K\n" +
 	"\n" +
-	"ListModels\x12\x1d.npumesh.v1.ListModelsRequest\x1a\x1e.npumesh.v1.ListModelsResponse2\xe3\x01\n" +
+	"ListModels\x12\x1d.npumesh.v1.ListModelsRequest\x1a\x1e.npumesh.v1.ListModelsResponse\x12Q\n" +
+	"\fGetTokenizer\x12\x1f.npumesh.v1.GetTokenizerRequest\x1a .npumesh.v1.GetTokenizerResponse\x12F\n" +
+	"\vFetchChunks\x12\x1e.npumesh.v1.FetchChunksRequest\x1a\x15.npumesh.v1.ChunkData0\x012\x84\x03\n" +
 	"\x0eControlService\x12E\n" +
 	"\bRegister\x12\x1b.npumesh.v1.RegisterRequest\x1a\x1c.npumesh.v1.RegisterResponse\x12L\n" +
 	"\tHeartbeat\x12\x1c.npumesh.v1.HeartbeatRequest\x1a\x1d.npumesh.v1.HeartbeatResponse(\x010\x01\x12<\n" +
-	"\x05Renew\x12\x18.npumesh.v1.RenewRequest\x1a\x19.npumesh.v1.RenewResponse2T\n" +
+	"\x05Renew\x12\x18.npumesh.v1.RenewRequest\x1a\x19.npumesh.v1.RenewResponse\x12W\n" +
+	"\x0eGetAssignments\x12!.npumesh.v1.GetAssignmentsRequest\x1a\".npumesh.v1.GetAssignmentsResponse\x12F\n" +
+	"\vFetchChunks\x12\x1e.npumesh.v1.FetchChunksRequest\x1a\x15.npumesh.v1.ChunkData0\x012T\n" +
 	"\x11EnrollmentService\x12?\n" +
-	"\x06Enroll\x12\x19.npumesh.v1.EnrollRequest\x1a\x1a.npumesh.v1.EnrollResponse2\xe5\x03\n" +
+	"\x06Enroll\x12\x19.npumesh.v1.EnrollRequest\x1a\x1a.npumesh.v1.EnrollResponse2\xd0\x05\n" +
 	"\fAdminService\x12N\n" +
 	"\vCreateToken\x12\x1e.npumesh.v1.CreateTokenRequest\x1a\x1f.npumesh.v1.CreateTokenResponse\x12K\n" +
 	"\n" +
@@ -2865,7 +4135,10 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\n" +
 	"RevokeNode\x12\x1d.npumesh.v1.RevokeNodeRequest\x1a\x1e.npumesh.v1.RevokeNodeResponse\x12Q\n" +
 	"\fUnrevokeNode\x12\x1f.npumesh.v1.UnrevokeNodeRequest\x1a .npumesh.v1.UnrevokeNodeResponse\x12H\n" +
-	"\tListNodes\x12\x1c.npumesh.v1.ListNodesRequest\x1a\x1d.npumesh.v1.ListNodesResponseB7Z5github.com/npumesh/npumesh/proto/npumesh/v1;npumeshv1b\x06proto3"
+	"\tListNodes\x12\x1c.npumesh.v1.ListNodesRequest\x1a\x1d.npumesh.v1.ListNodesResponse\x12I\n" +
+	"\bAddModel\x12\x1b.npumesh.v1.AddModelRequest\x1a\x1c.npumesh.v1.AddModelResponse(\x010\x01\x12N\n" +
+	"\vListCatalog\x12\x1e.npumesh.v1.ListCatalogRequest\x1a\x1f.npumesh.v1.ListCatalogResponse\x12N\n" +
+	"\vRemoveModel\x12\x1e.npumesh.v1.RemoveModelRequest\x1a\x1f.npumesh.v1.RemoveModelResponseB7Z5github.com/npumesh/npumesh/proto/npumesh/v1;npumeshv1b\x06proto3"
 
 var (
 	file_npumesh_v1_npumesh_proto_rawDescOnce sync.Once
@@ -2880,50 +4153,70 @@ func file_npumesh_v1_npumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_npumesh_v1_npumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_npumesh_v1_npumesh_proto_goTypes = []any{
-	(CacheEvent_Kind)(0),         // 0: npumesh.v1.CacheEvent.Kind
-	(*InfoRequest)(nil),          // 1: npumesh.v1.InfoRequest
-	(*NodeInfo)(nil),             // 2: npumesh.v1.NodeInfo
-	(*Accelerator)(nil),          // 3: npumesh.v1.Accelerator
-	(*Telemetry)(nil),            // 4: npumesh.v1.Telemetry
-	(*Sensor)(nil),               // 5: npumesh.v1.Sensor
-	(*ModelInfo)(nil),            // 6: npumesh.v1.ModelInfo
-	(*ListModelsRequest)(nil),    // 7: npumesh.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),   // 8: npumesh.v1.ListModelsResponse
-	(*SamplingParams)(nil),       // 9: npumesh.v1.SamplingParams
-	(*TokenIDs)(nil),             // 10: npumesh.v1.TokenIDs
-	(*GenerateRequest)(nil),      // 11: npumesh.v1.GenerateRequest
-	(*ChatMessage)(nil),          // 12: npumesh.v1.ChatMessage
-	(*ChatPrompt)(nil),           // 13: npumesh.v1.ChatPrompt
-	(*GenerateResponse)(nil),     // 14: npumesh.v1.GenerateResponse
-	(*TokenDelta)(nil),           // 15: npumesh.v1.TokenDelta
-	(*Usage)(nil),                // 16: npumesh.v1.Usage
-	(*Final)(nil),                // 17: npumesh.v1.Final
-	(*RegisterRequest)(nil),      // 18: npumesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),     // 19: npumesh.v1.RegisterResponse
-	(*NodeLoad)(nil),             // 20: npumesh.v1.NodeLoad
-	(*CacheEvent)(nil),           // 21: npumesh.v1.CacheEvent
-	(*HeartbeatRequest)(nil),     // 22: npumesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),    // 23: npumesh.v1.HeartbeatResponse
-	(*RenewRequest)(nil),         // 24: npumesh.v1.RenewRequest
-	(*RenewResponse)(nil),        // 25: npumesh.v1.RenewResponse
-	(*EnrollRequest)(nil),        // 26: npumesh.v1.EnrollRequest
-	(*EnrollResponse)(nil),       // 27: npumesh.v1.EnrollResponse
-	(*CreateTokenRequest)(nil),   // 28: npumesh.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),  // 29: npumesh.v1.CreateTokenResponse
-	(*TokenInfo)(nil),            // 30: npumesh.v1.TokenInfo
-	(*ListTokensRequest)(nil),    // 31: npumesh.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),   // 32: npumesh.v1.ListTokensResponse
-	(*DeleteTokenRequest)(nil),   // 33: npumesh.v1.DeleteTokenRequest
-	(*DeleteTokenResponse)(nil),  // 34: npumesh.v1.DeleteTokenResponse
-	(*RevokeNodeRequest)(nil),    // 35: npumesh.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),   // 36: npumesh.v1.RevokeNodeResponse
-	(*UnrevokeNodeRequest)(nil),  // 37: npumesh.v1.UnrevokeNodeRequest
-	(*UnrevokeNodeResponse)(nil), // 38: npumesh.v1.UnrevokeNodeResponse
-	(*ListNodesRequest)(nil),     // 39: npumesh.v1.ListNodesRequest
-	(*NodeRecord)(nil),           // 40: npumesh.v1.NodeRecord
-	(*ListNodesResponse)(nil),    // 41: npumesh.v1.ListNodesResponse
+	(CacheEvent_Kind)(0),           // 0: npumesh.v1.CacheEvent.Kind
+	(*InfoRequest)(nil),            // 1: npumesh.v1.InfoRequest
+	(*NodeInfo)(nil),               // 2: npumesh.v1.NodeInfo
+	(*Accelerator)(nil),            // 3: npumesh.v1.Accelerator
+	(*Telemetry)(nil),              // 4: npumesh.v1.Telemetry
+	(*Sensor)(nil),                 // 5: npumesh.v1.Sensor
+	(*ModelInfo)(nil),              // 6: npumesh.v1.ModelInfo
+	(*ListModelsRequest)(nil),      // 7: npumesh.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),     // 8: npumesh.v1.ListModelsResponse
+	(*SamplingParams)(nil),         // 9: npumesh.v1.SamplingParams
+	(*TokenIDs)(nil),               // 10: npumesh.v1.TokenIDs
+	(*GenerateRequest)(nil),        // 11: npumesh.v1.GenerateRequest
+	(*GetTokenizerRequest)(nil),    // 12: npumesh.v1.GetTokenizerRequest
+	(*GetTokenizerResponse)(nil),   // 13: npumesh.v1.GetTokenizerResponse
+	(*ChatMessage)(nil),            // 14: npumesh.v1.ChatMessage
+	(*ChatPrompt)(nil),             // 15: npumesh.v1.ChatPrompt
+	(*GenerateResponse)(nil),       // 16: npumesh.v1.GenerateResponse
+	(*TokenDelta)(nil),             // 17: npumesh.v1.TokenDelta
+	(*Usage)(nil),                  // 18: npumesh.v1.Usage
+	(*Final)(nil),                  // 19: npumesh.v1.Final
+	(*RegisterRequest)(nil),        // 20: npumesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),       // 21: npumesh.v1.RegisterResponse
+	(*NodeLoad)(nil),               // 22: npumesh.v1.NodeLoad
+	(*CacheEvent)(nil),             // 23: npumesh.v1.CacheEvent
+	(*HeartbeatRequest)(nil),       // 24: npumesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 25: npumesh.v1.HeartbeatResponse
+	(*RenewRequest)(nil),           // 26: npumesh.v1.RenewRequest
+	(*RenewResponse)(nil),          // 27: npumesh.v1.RenewResponse
+	(*EnrollRequest)(nil),          // 28: npumesh.v1.EnrollRequest
+	(*EnrollResponse)(nil),         // 29: npumesh.v1.EnrollResponse
+	(*CreateTokenRequest)(nil),     // 30: npumesh.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),    // 31: npumesh.v1.CreateTokenResponse
+	(*TokenInfo)(nil),              // 32: npumesh.v1.TokenInfo
+	(*ListTokensRequest)(nil),      // 33: npumesh.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 34: npumesh.v1.ListTokensResponse
+	(*DeleteTokenRequest)(nil),     // 35: npumesh.v1.DeleteTokenRequest
+	(*DeleteTokenResponse)(nil),    // 36: npumesh.v1.DeleteTokenResponse
+	(*RevokeNodeRequest)(nil),      // 37: npumesh.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),     // 38: npumesh.v1.RevokeNodeResponse
+	(*UnrevokeNodeRequest)(nil),    // 39: npumesh.v1.UnrevokeNodeRequest
+	(*UnrevokeNodeResponse)(nil),   // 40: npumesh.v1.UnrevokeNodeResponse
+	(*ListNodesRequest)(nil),       // 41: npumesh.v1.ListNodesRequest
+	(*NodeRecord)(nil),             // 42: npumesh.v1.NodeRecord
+	(*ListNodesResponse)(nil),      // 43: npumesh.v1.ListNodesResponse
+	(*ModelFile)(nil),              // 44: npumesh.v1.ModelFile
+	(*ModelManifest)(nil),          // 45: npumesh.v1.ModelManifest
+	(*FetchChunksRequest)(nil),     // 46: npumesh.v1.FetchChunksRequest
+	(*ChunkData)(nil),              // 47: npumesh.v1.ChunkData
+	(*GetAssignmentsRequest)(nil),  // 48: npumesh.v1.GetAssignmentsRequest
+	(*ChunkSource)(nil),            // 49: npumesh.v1.ChunkSource
+	(*ModelAssignment)(nil),        // 50: npumesh.v1.ModelAssignment
+	(*GetAssignmentsResponse)(nil), // 51: npumesh.v1.GetAssignmentsResponse
+	(*AddModelHeader)(nil),         // 52: npumesh.v1.AddModelHeader
+	(*AddModelRequest)(nil),        // 53: npumesh.v1.AddModelRequest
+	(*FileNeed)(nil),               // 54: npumesh.v1.FileNeed
+	(*AddModelResponse)(nil),       // 55: npumesh.v1.AddModelResponse
+	(*ReplicaStatus)(nil),          // 56: npumesh.v1.ReplicaStatus
+	(*CatalogModel)(nil),           // 57: npumesh.v1.CatalogModel
+	(*ListCatalogRequest)(nil),     // 58: npumesh.v1.ListCatalogRequest
+	(*ListCatalogResponse)(nil),    // 59: npumesh.v1.ListCatalogResponse
+	(*RemoveModelRequest)(nil),     // 60: npumesh.v1.RemoveModelRequest
+	(*RemoveModelResponse)(nil),    // 61: npumesh.v1.RemoveModelResponse
 }
 var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	3,  // 0: npumesh.v1.NodeInfo.accelerators:type_name -> npumesh.v1.Accelerator
@@ -2932,52 +4225,77 @@ var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	5,  // 3: npumesh.v1.Telemetry.sensors:type_name -> npumesh.v1.Sensor
 	6,  // 4: npumesh.v1.ListModelsResponse.models:type_name -> npumesh.v1.ModelInfo
 	10, // 5: npumesh.v1.GenerateRequest.tokens:type_name -> npumesh.v1.TokenIDs
-	13, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
+	15, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
 	9,  // 7: npumesh.v1.GenerateRequest.sampling:type_name -> npumesh.v1.SamplingParams
-	12, // 8: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
-	15, // 9: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
-	17, // 10: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
-	16, // 11: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
+	14, // 8: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
+	17, // 9: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
+	19, // 10: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
+	18, // 11: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
 	2,  // 12: npumesh.v1.RegisterRequest.info:type_name -> npumesh.v1.NodeInfo
 	0,  // 13: npumesh.v1.CacheEvent.kind:type_name -> npumesh.v1.CacheEvent.Kind
-	20, // 14: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
+	22, // 14: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
 	6,  // 15: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
-	21, // 16: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
+	23, // 16: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
 	4,  // 17: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
-	30, // 18: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
-	30, // 19: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
-	40, // 20: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
-	1,  // 21: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
-	11, // 22: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
-	7,  // 23: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
-	18, // 24: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
-	22, // 25: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
-	24, // 26: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
-	26, // 27: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
-	28, // 28: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
-	31, // 29: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
-	33, // 30: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
-	35, // 31: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
-	37, // 32: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
-	39, // 33: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
-	2,  // 34: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
-	14, // 35: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
-	8,  // 36: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
-	19, // 37: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
-	23, // 38: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
-	25, // 39: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
-	27, // 40: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
-	29, // 41: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
-	32, // 42: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
-	34, // 43: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
-	36, // 44: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
-	38, // 45: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
-	41, // 46: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
-	34, // [34:47] is the sub-list for method output_type
-	21, // [21:34] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	32, // 18: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
+	32, // 19: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
+	42, // 20: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
+	44, // 21: npumesh.v1.ModelManifest.files:type_name -> npumesh.v1.ModelFile
+	45, // 22: npumesh.v1.ModelAssignment.manifest:type_name -> npumesh.v1.ModelManifest
+	49, // 23: npumesh.v1.ModelAssignment.sources:type_name -> npumesh.v1.ChunkSource
+	50, // 24: npumesh.v1.GetAssignmentsResponse.models:type_name -> npumesh.v1.ModelAssignment
+	45, // 25: npumesh.v1.AddModelHeader.manifest:type_name -> npumesh.v1.ModelManifest
+	52, // 26: npumesh.v1.AddModelRequest.header:type_name -> npumesh.v1.AddModelHeader
+	47, // 27: npumesh.v1.AddModelRequest.chunk:type_name -> npumesh.v1.ChunkData
+	54, // 28: npumesh.v1.AddModelResponse.need:type_name -> npumesh.v1.FileNeed
+	57, // 29: npumesh.v1.AddModelResponse.done:type_name -> npumesh.v1.CatalogModel
+	56, // 30: npumesh.v1.CatalogModel.replica_status:type_name -> npumesh.v1.ReplicaStatus
+	57, // 31: npumesh.v1.ListCatalogResponse.models:type_name -> npumesh.v1.CatalogModel
+	1,  // 32: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
+	11, // 33: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
+	7,  // 34: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
+	12, // 35: npumesh.v1.NodeService.GetTokenizer:input_type -> npumesh.v1.GetTokenizerRequest
+	46, // 36: npumesh.v1.NodeService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
+	20, // 37: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
+	24, // 38: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
+	26, // 39: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
+	48, // 40: npumesh.v1.ControlService.GetAssignments:input_type -> npumesh.v1.GetAssignmentsRequest
+	46, // 41: npumesh.v1.ControlService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
+	28, // 42: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
+	30, // 43: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
+	33, // 44: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
+	35, // 45: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
+	37, // 46: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
+	39, // 47: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
+	41, // 48: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
+	53, // 49: npumesh.v1.AdminService.AddModel:input_type -> npumesh.v1.AddModelRequest
+	58, // 50: npumesh.v1.AdminService.ListCatalog:input_type -> npumesh.v1.ListCatalogRequest
+	60, // 51: npumesh.v1.AdminService.RemoveModel:input_type -> npumesh.v1.RemoveModelRequest
+	2,  // 52: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
+	16, // 53: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
+	8,  // 54: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
+	13, // 55: npumesh.v1.NodeService.GetTokenizer:output_type -> npumesh.v1.GetTokenizerResponse
+	47, // 56: npumesh.v1.NodeService.FetchChunks:output_type -> npumesh.v1.ChunkData
+	21, // 57: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
+	25, // 58: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
+	27, // 59: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
+	51, // 60: npumesh.v1.ControlService.GetAssignments:output_type -> npumesh.v1.GetAssignmentsResponse
+	47, // 61: npumesh.v1.ControlService.FetchChunks:output_type -> npumesh.v1.ChunkData
+	29, // 62: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
+	31, // 63: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
+	34, // 64: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
+	36, // 65: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
+	38, // 66: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
+	40, // 67: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
+	43, // 68: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
+	55, // 69: npumesh.v1.AdminService.AddModel:output_type -> npumesh.v1.AddModelResponse
+	59, // 70: npumesh.v1.AdminService.ListCatalog:output_type -> npumesh.v1.ListCatalogResponse
+	61, // 71: npumesh.v1.AdminService.RemoveModel:output_type -> npumesh.v1.RemoveModelResponse
+	52, // [52:72] is the sub-list for method output_type
+	32, // [32:52] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_npumesh_v1_npumesh_proto_init() }
@@ -2991,9 +4309,13 @@ func file_npumesh_v1_npumesh_proto_init() {
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_npumesh_v1_npumesh_proto_msgTypes[13].OneofWrappers = []any{
+	file_npumesh_v1_npumesh_proto_msgTypes[15].OneofWrappers = []any{
 		(*GenerateResponse_Delta)(nil),
 		(*GenerateResponse_Final)(nil),
+	}
+	file_npumesh_v1_npumesh_proto_msgTypes[52].OneofWrappers = []any{
+		(*AddModelRequest_Header)(nil),
+		(*AddModelRequest_Chunk)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3001,7 +4323,7 @@ func file_npumesh_v1_npumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_npumesh_v1_npumesh_proto_rawDesc), len(file_npumesh_v1_npumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   41,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

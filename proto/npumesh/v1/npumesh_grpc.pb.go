@@ -23,9 +23,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_Info_FullMethodName       = "/npumesh.v1.NodeService/Info"
-	NodeService_Generate_FullMethodName   = "/npumesh.v1.NodeService/Generate"
-	NodeService_ListModels_FullMethodName = "/npumesh.v1.NodeService/ListModels"
+	NodeService_Info_FullMethodName         = "/npumesh.v1.NodeService/Info"
+	NodeService_Generate_FullMethodName     = "/npumesh.v1.NodeService/Generate"
+	NodeService_ListModels_FullMethodName   = "/npumesh.v1.NodeService/ListModels"
+	NodeService_GetTokenizer_FullMethodName = "/npumesh.v1.NodeService/GetTokenizer"
+	NodeService_FetchChunks_FullMethodName  = "/npumesh.v1.NodeService/FetchChunks"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -40,6 +42,14 @@ type NodeServiceClient interface {
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
 	// ListModels lists the models this node serves.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// GetTokenizer returns a model's vocabulary, so that the coordinator
+	// tokenizes prompts exactly as the node would and routes by the block
+	// hashes of the ids (prefix-aware routing).
+	GetTokenizer(ctx context.Context, in *GetTokenizerRequest, opts ...grpc.CallOption) (*GetTokenizerResponse, error)
+	// FetchChunks streams chunks of a model file this node holds complete,
+	// for peers pulling the model (issue #7). Nodes and the coordinator may
+	// call it.
+	FetchChunks(ctx context.Context, in *FetchChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkData], error)
 }
 
 type nodeServiceClient struct {
@@ -89,6 +99,35 @@ func (c *nodeServiceClient) ListModels(ctx context.Context, in *ListModelsReques
 	return out, nil
 }
 
+func (c *nodeServiceClient) GetTokenizer(ctx context.Context, in *GetTokenizerRequest, opts ...grpc.CallOption) (*GetTokenizerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTokenizerResponse)
+	err := c.cc.Invoke(ctx, NodeService_GetTokenizer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) FetchChunks(ctx context.Context, in *FetchChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkData], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[1], NodeService_FetchChunks_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchChunksRequest, ChunkData]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_FetchChunksClient = grpc.ServerStreamingClient[ChunkData]
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -101,6 +140,14 @@ type NodeServiceServer interface {
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
 	// ListModels lists the models this node serves.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// GetTokenizer returns a model's vocabulary, so that the coordinator
+	// tokenizes prompts exactly as the node would and routes by the block
+	// hashes of the ids (prefix-aware routing).
+	GetTokenizer(context.Context, *GetTokenizerRequest) (*GetTokenizerResponse, error)
+	// FetchChunks streams chunks of a model file this node holds complete,
+	// for peers pulling the model (issue #7). Nodes and the coordinator may
+	// call it.
+	FetchChunks(*FetchChunksRequest, grpc.ServerStreamingServer[ChunkData]) error
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -119,6 +166,12 @@ func (UnimplementedNodeServiceServer) Generate(*GenerateRequest, grpc.ServerStre
 }
 func (UnimplementedNodeServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedNodeServiceServer) GetTokenizer(context.Context, *GetTokenizerRequest) (*GetTokenizerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetTokenizer not implemented")
+}
+func (UnimplementedNodeServiceServer) FetchChunks(*FetchChunksRequest, grpc.ServerStreamingServer[ChunkData]) error {
+	return status.Errorf(codes.Unimplemented, "method FetchChunks not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -188,6 +241,35 @@ func _NodeService_ListModels_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_GetTokenizer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTokenizerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).GetTokenizer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_GetTokenizer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).GetTokenizer(ctx, req.(*GetTokenizerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_FetchChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchChunksRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServiceServer).FetchChunks(m, &grpc.GenericServerStream[FetchChunksRequest, ChunkData]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_FetchChunksServer = grpc.ServerStreamingServer[ChunkData]
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -203,6 +285,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListModels",
 			Handler:    _NodeService_ListModels_Handler,
 		},
+		{
+			MethodName: "GetTokenizer",
+			Handler:    _NodeService_GetTokenizer_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -210,14 +296,21 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _NodeService_Generate_Handler,
 			ServerStreams: true,
 		},
+		{
+			StreamName:    "FetchChunks",
+			Handler:       _NodeService_FetchChunks_Handler,
+			ServerStreams: true,
+		},
 	},
 	Metadata: "npumesh/v1/npumesh.proto",
 }
 
 const (
-	ControlService_Register_FullMethodName  = "/npumesh.v1.ControlService/Register"
-	ControlService_Heartbeat_FullMethodName = "/npumesh.v1.ControlService/Heartbeat"
-	ControlService_Renew_FullMethodName     = "/npumesh.v1.ControlService/Renew"
+	ControlService_Register_FullMethodName       = "/npumesh.v1.ControlService/Register"
+	ControlService_Heartbeat_FullMethodName      = "/npumesh.v1.ControlService/Heartbeat"
+	ControlService_Renew_FullMethodName          = "/npumesh.v1.ControlService/Renew"
+	ControlService_GetAssignments_FullMethodName = "/npumesh.v1.ControlService/GetAssignments"
+	ControlService_FetchChunks_FullMethodName    = "/npumesh.v1.ControlService/FetchChunks"
 )
 
 // ControlServiceClient is the client API for ControlService service.
@@ -235,6 +328,11 @@ type ControlServiceClient interface {
 	// from its current certificate) for the key in the CSR, which may be new
 	// or the same. Refused for revoked nodes.
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
+	// GetAssignments lists the models the calling node should hold, with
+	// their manifests and where their chunks can be fetched (issue #7).
+	GetAssignments(ctx context.Context, in *GetAssignmentsRequest, opts ...grpc.CallOption) (*GetAssignmentsResponse, error)
+	// FetchChunks streams chunks of a catalog model from the coordinator.
+	FetchChunks(ctx context.Context, in *FetchChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkData], error)
 }
 
 type controlServiceClient struct {
@@ -278,6 +376,35 @@ func (c *controlServiceClient) Renew(ctx context.Context, in *RenewRequest, opts
 	return out, nil
 }
 
+func (c *controlServiceClient) GetAssignments(ctx context.Context, in *GetAssignmentsRequest, opts ...grpc.CallOption) (*GetAssignmentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAssignmentsResponse)
+	err := c.cc.Invoke(ctx, ControlService_GetAssignments_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) FetchChunks(ctx context.Context, in *FetchChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkData], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControlService_ServiceDesc.Streams[1], ControlService_FetchChunks_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchChunksRequest, ChunkData]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControlService_FetchChunksClient = grpc.ServerStreamingClient[ChunkData]
+
 // ControlServiceServer is the server API for ControlService service.
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
@@ -293,6 +420,11 @@ type ControlServiceServer interface {
 	// from its current certificate) for the key in the CSR, which may be new
 	// or the same. Refused for revoked nodes.
 	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
+	// GetAssignments lists the models the calling node should hold, with
+	// their manifests and where their chunks can be fetched (issue #7).
+	GetAssignments(context.Context, *GetAssignmentsRequest) (*GetAssignmentsResponse, error)
+	// FetchChunks streams chunks of a catalog model from the coordinator.
+	FetchChunks(*FetchChunksRequest, grpc.ServerStreamingServer[ChunkData]) error
 	mustEmbedUnimplementedControlServiceServer()
 }
 
@@ -311,6 +443,12 @@ func (UnimplementedControlServiceServer) Heartbeat(grpc.BidiStreamingServer[Hear
 }
 func (UnimplementedControlServiceServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Renew not implemented")
+}
+func (UnimplementedControlServiceServer) GetAssignments(context.Context, *GetAssignmentsRequest) (*GetAssignmentsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetAssignments not implemented")
+}
+func (UnimplementedControlServiceServer) FetchChunks(*FetchChunksRequest, grpc.ServerStreamingServer[ChunkData]) error {
+	return status.Errorf(codes.Unimplemented, "method FetchChunks not implemented")
 }
 func (UnimplementedControlServiceServer) mustEmbedUnimplementedControlServiceServer() {}
 func (UnimplementedControlServiceServer) testEmbeddedByValue()                        {}
@@ -376,6 +514,35 @@ func _ControlService_Renew_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlService_GetAssignments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAssignmentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).GetAssignments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_GetAssignments_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).GetAssignments(ctx, req.(*GetAssignmentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_FetchChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchChunksRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServiceServer).FetchChunks(m, &grpc.GenericServerStream[FetchChunksRequest, ChunkData]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControlService_FetchChunksServer = grpc.ServerStreamingServer[ChunkData]
+
 // ControlService_ServiceDesc is the grpc.ServiceDesc for ControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -391,6 +558,10 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Renew",
 			Handler:    _ControlService_Renew_Handler,
 		},
+		{
+			MethodName: "GetAssignments",
+			Handler:    _ControlService_GetAssignments_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -398,6 +569,11 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _ControlService_Heartbeat_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "FetchChunks",
+			Handler:       _ControlService_FetchChunks_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "npumesh/v1/npumesh.proto",
@@ -524,6 +700,9 @@ const (
 	AdminService_RevokeNode_FullMethodName   = "/npumesh.v1.AdminService/RevokeNode"
 	AdminService_UnrevokeNode_FullMethodName = "/npumesh.v1.AdminService/UnrevokeNode"
 	AdminService_ListNodes_FullMethodName    = "/npumesh.v1.AdminService/ListNodes"
+	AdminService_AddModel_FullMethodName     = "/npumesh.v1.AdminService/AddModel"
+	AdminService_ListCatalog_FullMethodName  = "/npumesh.v1.AdminService/ListCatalog"
+	AdminService_RemoveModel_FullMethodName  = "/npumesh.v1.AdminService/RemoveModel"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -546,6 +725,15 @@ type AdminServiceClient interface {
 	// ListNodes lists the node identities the coordinator knows (enrolled or
 	// seen), live or not.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// AddModel uploads a model into the catalog: the client sends a header
+	// with the manifest, the coordinator answers with the chunks it lacks,
+	// the client sends them (ChunkData pieces), then closes its side; the
+	// coordinator answers with the catalog entry once every file verifies.
+	AddModel(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AddModelRequest, AddModelResponse], error)
+	// ListCatalog lists catalog models with their replicas and placement.
+	ListCatalog(ctx context.Context, in *ListCatalogRequest, opts ...grpc.CallOption) (*ListCatalogResponse, error)
+	// RemoveModel deletes a model from the catalog; nodes unload it.
+	RemoveModel(ctx context.Context, in *RemoveModelRequest, opts ...grpc.CallOption) (*RemoveModelResponse, error)
 }
 
 type adminServiceClient struct {
@@ -616,6 +804,39 @@ func (c *adminServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) AddModel(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AddModelRequest, AddModelResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_AddModel_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AddModelRequest, AddModelResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_AddModelClient = grpc.BidiStreamingClient[AddModelRequest, AddModelResponse]
+
+func (c *adminServiceClient) ListCatalog(ctx context.Context, in *ListCatalogRequest, opts ...grpc.CallOption) (*ListCatalogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCatalogResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListCatalog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveModel(ctx context.Context, in *RemoveModelRequest, opts ...grpc.CallOption) (*RemoveModelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveModelResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveModel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -636,6 +857,15 @@ type AdminServiceServer interface {
 	// ListNodes lists the node identities the coordinator knows (enrolled or
 	// seen), live or not.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// AddModel uploads a model into the catalog: the client sends a header
+	// with the manifest, the coordinator answers with the chunks it lacks,
+	// the client sends them (ChunkData pieces), then closes its side; the
+	// coordinator answers with the catalog entry once every file verifies.
+	AddModel(grpc.BidiStreamingServer[AddModelRequest, AddModelResponse]) error
+	// ListCatalog lists catalog models with their replicas and placement.
+	ListCatalog(context.Context, *ListCatalogRequest) (*ListCatalogResponse, error)
+	// RemoveModel deletes a model from the catalog; nodes unload it.
+	RemoveModel(context.Context, *RemoveModelRequest) (*RemoveModelResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -663,6 +893,15 @@ func (UnimplementedAdminServiceServer) UnrevokeNode(context.Context, *UnrevokeNo
 }
 func (UnimplementedAdminServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedAdminServiceServer) AddModel(grpc.BidiStreamingServer[AddModelRequest, AddModelResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method AddModel not implemented")
+}
+func (UnimplementedAdminServiceServer) ListCatalog(context.Context, *ListCatalogRequest) (*ListCatalogResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCatalog not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveModel(context.Context, *RemoveModelRequest) (*RemoveModelResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveModel not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -793,6 +1032,49 @@ func _AdminService_ListNodes_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_AddModel_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdminServiceServer).AddModel(&grpc.GenericServerStream[AddModelRequest, AddModelResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_AddModelServer = grpc.BidiStreamingServer[AddModelRequest, AddModelResponse]
+
+func _AdminService_ListCatalog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCatalogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListCatalog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListCatalog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListCatalog(ctx, req.(*ListCatalogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveModel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveModel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveModel(ctx, req.(*RemoveModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -824,7 +1106,22 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListNodes",
 			Handler:    _AdminService_ListNodes_Handler,
 		},
+		{
+			MethodName: "ListCatalog",
+			Handler:    _AdminService_ListCatalog_Handler,
+		},
+		{
+			MethodName: "RemoveModel",
+			Handler:    _AdminService_RemoveModel_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AddModel",
+			Handler:       _AdminService_AddModel_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "npumesh/v1/npumesh.proto",
 }

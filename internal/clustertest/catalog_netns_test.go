@@ -1,0 +1,271 @@
+package clustertest
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/npumesh/npumesh/internal/testdata"
+)
+
+// netPair is two network namespaces the test created, joined by a veth
+// pair: A (10.231.x.1) and B (10.231.x.2). The host's interfaces are never
+// touched: both veth ends are created inside the namespaces.
+type netPair struct {
+	nsA, nsB     string
+	vethA, vethB string
+	ipA, ipB     string
+}
+
+func newNetPair(t *testing.T) *netPair {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testdata.Missing(t, "root, to create network namespaces")
+	}
+	for _, tool := range []string{"ip", "tc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testdata.Missing(t, "%s (Debian package iproute2: apt-get install iproute2)", tool)
+		}
+	}
+	id := rand.IntN(1 << 20)
+	sub := 1 + id%250
+	p := &netPair{
+		nsA: fmt.Sprintf("npm-a-%d", id), nsB: fmt.Sprintf("npm-b-%d", id),
+		vethA: fmt.Sprintf("npa%d", id), vethB: fmt.Sprintf("npb%d", id),
+		ipA: fmt.Sprintf("10.231.%d.1", sub), ipB: fmt.Sprintf("10.231.%d.2", sub),
+	}
+	p.ip(t, "netns", "add", p.nsA)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", p.nsA).Run() })
+	p.ip(t, "netns", "add", p.nsB)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", p.nsB).Run() })
+	p.ip(t, "-n", p.nsA, "link", "add", p.vethA, "type", "veth", "peer", "name", p.vethB, "netns", p.nsB)
+	p.ip(t, "-n", p.nsA, "addr", "add", p.ipA+"/24", "dev", p.vethA)
+	p.ip(t, "-n", p.nsB, "addr", "add", p.ipB+"/24", "dev", p.vethB)
+	for _, ns := range []string{p.nsA, p.nsB} {
+		p.ip(t, "-n", ns, "link", "set", "lo", "up")
+	}
+	p.ip(t, "-n", p.nsA, "link", "set", p.vethA, "up")
+	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "up")
+	return p
+}
+
+func (p *netPair) ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// shape limits what A sends to B.
+func (p *netPair) shape(t *testing.T, rate string) {
+	t.Helper()
+	args := []string{"netns", "exec", p.nsA, "tc", "qdisc", "add", "dev", p.vethA, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"}
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// in builds a command run inside namespace ns.
+func in(ns, bin string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
+}
+
+// netCluster is a coordinator in A and one pulling node in B.
+type netCluster struct {
+	p              *netPair
+	bin, dataDir   string
+	coord, node    *Daemon
+	api, grpc      string
+	nodeTLS, store string
+}
+
+func startNetCluster(t *testing.T, p *netPair) *netCluster {
+	t.Helper()
+	bin := Binary(t)
+	dir := t.TempDir()
+	nc := &netCluster{p: p, bin: bin, dataDir: filepath.Join(dir, "coord"), nodeTLS: filepath.Join(dir, "node-tls"), store: filepath.Join(dir, "node-models")}
+	addrFile := filepath.Join(dir, "coord.addr")
+	nc.coord = StartDaemon(t, "coordinator", in(p.nsA, bin, "coordinator", "--data-dir", nc.dataDir, "--listen", p.ipA+":7070",
+		"--api", "127.0.0.1:8080", "--enroll-listen", "off", "--addr-file", addrFile, "--log-format", "json"))
+	kv := nc.coord.WaitAddrFile(t, addrFile, 30*time.Second)
+	nc.api, nc.grpc = kv["api"], kv["grpc"]
+	IssueCert(t, bin, filepath.Join(nc.dataDir, "ca"), "puller", "node", nc.nodeTLS)
+	nc.startNode(t)
+	return nc
+}
+
+func (nc *netCluster) startNode(t *testing.T) {
+	t.Helper()
+	nc.node = StartDaemon(t, "node", in(nc.p.nsB, nc.bin, "node", "--coordinator", nc.grpc, "--listen", nc.p.ipB+":0",
+		"--tls-dir", nc.nodeTLS, "--model-store", nc.store, "--metrics-listen", "", "--log-format", "json", "--threads", "1"))
+}
+
+// addModel uploads path inside A (over A's loopback, unshaped).
+func (nc *netCluster) addModel(t *testing.T, path, name string) {
+	t.Helper()
+	out, err := in(nc.p.nsA, nc.bin, "model", "add", path, "--name", name, "--coordinator", nc.grpc, "--tls-dir", filepath.Join(nc.dataDir, "certs", "admin")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("model add: %v\n%s", err, out)
+	}
+}
+
+// progress is the node's replica progress as `model ls` reports it.
+func (nc *netCluster) progress(t *testing.T, name string) (state string, progress float64) {
+	t.Helper()
+	out, err := in(nc.p.nsA, nc.bin, "model", "ls", "--json", "--coordinator", nc.grpc, "--tls-dir", filepath.Join(nc.dataDir, "certs", "admin")).Output()
+	if err != nil {
+		return "", 0
+	}
+	var ms []struct {
+		Name   string `json:"name"`
+		Status []struct {
+			State    string  `json:"state"`
+			Progress float64 `json:"progress"`
+		} `json:"replica_status"`
+	}
+	json.Unmarshal(out, &ms)
+	for _, m := range ms {
+		if m.Name == name && len(m.Status) > 0 {
+			return m.Status[0].State, m.Status[0].Progress
+		}
+	}
+	return "", 0
+}
+
+// metric reads one counter from the coordinator's /metrics (inside A).
+func (nc *netCluster) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", nc.p.nsA, "curl", "-sf", "http://"+nc.api+"/metrics").Output()
+	if err != nil {
+		t.Fatalf("scrape the coordinator's metrics: %v", err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+var transferRE = regexp.MustCompile(`"msg":"model transfer done".*?"bytes":(\d+).*?"rate_mbit_s":([0-9.]+)`)
+
+// waitTransfer waits for the node's "model transfer done" log line and
+// returns the bytes and rate it reports.
+func (nc *netCluster) waitTransfer(t *testing.T, timeout time.Duration) (int64, float64) {
+	t.Helper()
+	var m []string
+	if !WaitFor(timeout, func() bool {
+		m = transferRE.FindStringSubmatch(nc.node.Log.String())
+		return m != nil
+	}) {
+		t.Fatalf("no completed transfer within %s", timeout)
+	}
+	n, _ := strconv.ParseInt(m[1], 10, 64)
+	r, _ := strconv.ParseFloat(m[2], 64)
+	return n, r
+}
+
+func (nc *netCluster) checkBlob(t *testing.T, path string) {
+	t.Helper()
+	want := fileSHA(t, path)
+	blob := filepath.Join(nc.store, "blobs", want)
+	if got := fileSHA(t, blob); got != want {
+		t.Fatalf("pulled blob sha256 %s, want %s", got, want)
+	}
+	checkStore(t, nc.store, 1)
+}
+
+// TestModelPullRateShaped pulls a model over a veth link shaped to
+// 200 mbit/s and wants at least 90% of the link rate.
+func TestModelPullRateShaped(t *testing.T) {
+	p := newNetPair(t)
+	p.shape(t, "200mbit")
+	nc := startNetCluster(t, p)
+	path := randomGGUF(t, 96<<20)
+	nc.addModel(t, path, "ratetest")
+	n, rate := nc.waitTransfer(t, 60*time.Second)
+	t.Logf("pulled %d bytes over a 200 mbit/s link at %.1f mbit/s (%.0f%% of the link)", n, rate, rate/2)
+	fmt.Printf("model pull transfer rate: %.1f mbit/s on a 200 mbit/s tbf link (%.0f%%)\n", rate, rate/2)
+	if rate < 180 {
+		t.Errorf("pull rate %.1f mbit/s, want at least 180 (90%% of 200)", rate)
+	}
+	nc.checkBlob(t, path)
+}
+
+// TestModelPullResumesAfterLinkCut cuts the link mid-transfer for longer
+// than the keepalive timeout, so the connection dies, then restores it: the
+// pull resumes with the chunks it lacks, the coordinator sends the file
+// once (within one chunk), and the result verifies.
+func TestModelPullResumesAfterLinkCut(t *testing.T) {
+	p := newNetPair(t)
+	p.shape(t, "200mbit")
+	nc := startNetCluster(t, p)
+	const size = 96 << 20
+	path := randomGGUF(t, size)
+	nc.addModel(t, path, "resumetest")
+	if !WaitFor(60*time.Second, func() bool {
+		st, pr := nc.progress(t, "resumetest")
+		return st == "pulling" && pr >= 0.3
+	}) {
+		t.Fatal("the pull did not reach 30% within 60s")
+	}
+	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "down")
+	_, at := nc.progress(t, "resumetest")
+	t.Logf("link down at %.0f%%", at*100)
+	time.Sleep(18 * time.Second) // past the node's keepalive (10s + 5s)
+	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "up")
+	n, rate := nc.waitTransfer(t, 90*time.Second)
+	sent := nc.metric(t, "npumesh_model_transfer_sent_bytes_total")
+	t.Logf("resumed: node verified %d bytes (avg %.1f mbit/s incl. the cut); coordinator sent %.0f bytes for a %d-byte file", n, rate, sent, size)
+	if sent > size+4<<20 {
+		t.Errorf("coordinator sent %.0f bytes, more than the file (%d) plus one chunk", sent, size)
+	}
+	if !strings.Contains(nc.node.Log.String(), "chunk source failed") {
+		t.Errorf("the node never saw the transfer break; the cut did not interrupt it")
+	}
+	nc.checkBlob(t, path)
+}
+
+// TestModelPullResumesAfterRestart kills the pulling node mid-transfer and
+// starts it again: verified chunks are kept and not sent again.
+func TestModelPullResumesAfterRestart(t *testing.T) {
+	p := newNetPair(t)
+	p.shape(t, "200mbit")
+	nc := startNetCluster(t, p)
+	const size = 96 << 20
+	path := randomGGUF(t, size)
+	nc.addModel(t, path, "restarttest")
+	if !WaitFor(60*time.Second, func() bool {
+		st, pr := nc.progress(t, "restarttest")
+		return st == "pulling" && pr >= 0.4
+	}) {
+		t.Fatal("the pull did not reach 40% within 60s")
+	}
+	nc.node.Cmd.Process.Kill()
+	<-nc.node.Done()
+	if _, err := os.Stat(filepath.Join(nc.store, "blobs", fileSHA(t, path))); err == nil {
+		t.Fatal("an incomplete file is visible in the store")
+	}
+	nc.startNode(t)
+	n, _ := nc.waitTransfer(t, 60*time.Second)
+	sent := nc.metric(t, "npumesh_model_transfer_sent_bytes_total")
+	t.Logf("after the restart the node fetched %d of %d bytes; the coordinator sent %.0f in all", n, size, sent)
+	if n >= size {
+		t.Errorf("the restarted pull fetched the whole file again (%d bytes)", n)
+	}
+	if sent > size+4<<20 {
+		t.Errorf("coordinator sent %.0f bytes, more than the file (%d) plus one chunk", sent, size)
+	}
+	nc.checkBlob(t, path)
+}

@@ -1,0 +1,393 @@
+package route
+
+import (
+	"container/list"
+	"math/bits"
+	"sync"
+)
+
+// index maps KV block hashes to the nodes holding them, per model. Two
+// kinds of holding are kept apart: reported (from the nodes' cache events:
+// what they really hold) and approximate (what this coordinator routed to
+// them, in a bounded LRU per node, for nodes that report no events and for
+// chat prompts hashed from their message contents).
+type index struct {
+	approxCap int
+
+	mu     sync.RWMutex // guards models (the map; each modelIndex has its own lock)
+	models map[string]*modelIndex
+}
+
+type modelIndex struct {
+	mu       sync.RWMutex // guards everything below
+	precise  map[uint64]*holders
+	approx   map[uint64]*holders
+	reported bitset                      // nodes that sent events for this model
+	sets     map[int]map[uint64]struct{} // reported blocks per node, for CLEARED and forgetting
+	lrus     map[int]*lru                // approximate blocks per node
+}
+
+// holders is the set of node ids holding one block.
+type holders struct{ b bitset }
+
+type bitset []uint64
+
+func (b bitset) has(id int) bool {
+	w := id >> 6
+	return w < len(b) && b[w]&(1<<(id&63)) != 0
+}
+
+func (b *bitset) set(id int) {
+	w := id >> 6
+	for len(*b) <= w {
+		*b = append(*b, 0)
+	}
+	(*b)[w] |= 1 << (id & 63)
+}
+
+func (b bitset) clear(id int) {
+	if w := id >> 6; w < len(b) {
+		b[w] &^= 1 << (id & 63)
+	}
+}
+
+func (b bitset) empty() bool {
+	for _, w := range b {
+		if w != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func newIndex(approxCap int) *index {
+	return &index{approxCap: approxCap, models: map[string]*modelIndex{}}
+}
+
+func (x *index) model(name string, create bool) *modelIndex {
+	x.mu.RLock()
+	mi := x.models[name]
+	x.mu.RUnlock()
+	if mi != nil || !create {
+		return mi
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if mi = x.models[name]; mi == nil {
+		mi = &modelIndex{
+			precise: map[uint64]*holders{}, approx: map[uint64]*holders{},
+			sets: map[int]map[uint64]struct{}{}, lrus: map[int]*lru{},
+		}
+		x.models[name] = mi
+	}
+	return mi
+}
+
+func add(m map[uint64]*holders, h uint64, id int) {
+	e := m[h]
+	if e == nil {
+		e = &holders{}
+		m[h] = e
+	}
+	e.b.set(id)
+}
+
+func del(m map[uint64]*holders, h uint64, id int) {
+	if e := m[h]; e != nil {
+		e.b.clear(id)
+		if e.b.empty() {
+			delete(m, h)
+		}
+	}
+}
+
+func (x *index) event(id, kind int, model string, hashes []uint64) {
+	mi := x.model(model, true)
+	mi.mu.Lock()
+	defer mi.mu.Unlock()
+	if !mi.reported.has(id) {
+		// The node reports its cache from now on: its approximate record
+		// for plain prompts is superseded (chat hashes are kept apart).
+		mi.reported.set(id)
+	}
+	set := mi.sets[id]
+	if set == nil {
+		set = map[uint64]struct{}{}
+		mi.sets[id] = set
+	}
+	switch kind {
+	case Stored:
+		for _, h := range hashes {
+			if _, ok := set[h]; !ok {
+				set[h] = struct{}{}
+				add(mi.precise, h, id)
+			}
+		}
+	case Evicted:
+		for _, h := range hashes {
+			if _, ok := set[h]; ok {
+				delete(set, h)
+				del(mi.precise, h, id)
+			}
+		}
+	case Cleared:
+		for h := range set {
+			del(mi.precise, h, id)
+		}
+		mi.sets[id] = map[uint64]struct{}{}
+	}
+}
+
+func (x *index) routed(id int, model string, hashes []uint64, approx bool) {
+	mi := x.model(model, true)
+	mi.mu.Lock()
+	defer mi.mu.Unlock()
+	if !approx && mi.reported.has(id) {
+		return // the node's own events say what it holds
+	}
+	l := mi.lrus[id]
+	if l == nil {
+		l = newLRU(x.approxCap)
+		mi.lrus[id] = l
+	}
+	for _, h := range hashes {
+		if l.touch(h) {
+			add(mi.approx, h, id)
+		}
+		for l.over() {
+			del(mi.approx, l.evict(), id)
+		}
+	}
+}
+
+func (x *index) forgetNode(id int) {
+	x.mu.RLock()
+	all := make([]*modelIndex, 0, len(x.models))
+	for _, mi := range x.models {
+		all = append(all, mi)
+	}
+	x.mu.RUnlock()
+	for _, mi := range all {
+		mi.mu.Lock()
+		for h := range mi.sets[id] {
+			del(mi.precise, h, id)
+		}
+		delete(mi.sets, id)
+		if l := mi.lrus[id]; l != nil {
+			for e := l.l.Front(); e != nil; e = e.Next() {
+				del(mi.approx, e.Value.(uint64), id)
+			}
+			delete(mi.lrus, id)
+		}
+		mi.reported.clear(id)
+		mi.mu.Unlock()
+	}
+}
+
+// scratch holds one decision's per-node prefix lengths.
+type scratch struct {
+	precise, approx []int32
+	cur, reported   bitset
+	ents            []*holders
+}
+
+var scratchPool = sync.Pool{New: func() any { return &scratch{} }}
+
+// prefixLens fills out[id] with the number of leading hashes whose holder
+// sets contain id, for every id up to len(out). It walks the hashes once,
+// intersecting bitsets: a node drops out at the first block it lacks.
+func prefixLens(m map[uint64]*holders, hashes []uint64, out []int32, buf *bitset, ents *[]*holders) {
+	clear(out)
+	// Look every block up first: the lookups are independent, so the
+	// processor overlaps their cache misses.
+	es := (*ents)[:0]
+	for _, h := range hashes {
+		e := m[h]
+		if e == nil {
+			break
+		}
+		es = append(es, e)
+	}
+	*ents = es
+	if len(es) == 0 {
+		return
+	}
+	*buf = append((*buf)[:0], es[0].b...)
+	cur := *buf
+	depth := int32(1)
+	for _, e := range es[1:] {
+		alive := false
+		for w := range cur {
+			nw := uint64(0)
+			if w < len(e.b) {
+				nw = cur[w] & e.b[w]
+			}
+			for dropped := cur[w] &^ nw; dropped != 0; dropped &= dropped - 1 {
+				if id := w<<6 + bits.TrailingZeros64(dropped); id < len(out) {
+					out[id] = depth
+				}
+			}
+			cur[w] = nw
+			alive = alive || nw != 0
+		}
+		if !alive {
+			return
+		}
+		depth++
+	}
+	for w := range cur {
+		for b := cur[w]; b != 0; b &= b - 1 {
+			if id := w<<6 + bits.TrailingZeros64(b); id < len(out) {
+				out[id] = depth
+			}
+		}
+	}
+}
+
+// prefixMatch is one decision's view of the index: per node id, the
+// number of leading request blocks held, reported and approximate.
+type prefixMatch struct {
+	s        *scratch
+	reported bitset
+	approx   bool
+}
+
+// prepare matches req's hashes against the model's index for node ids up to
+// maxID; nil when the model has no index yet.
+func (x *index) prepare(req Request, maxID int) *prefixMatch {
+	mi := x.model(req.Model, false)
+	if mi == nil || len(req.Hashes) == 0 {
+		return nil
+	}
+	s := scratchPool.Get().(*scratch)
+	if cap(s.precise) <= maxID {
+		s.precise = make([]int32, maxID+1)
+		s.approx = make([]int32, maxID+1)
+	}
+	s.precise, s.approx = s.precise[:maxID+1], s.approx[:maxID+1]
+	mi.mu.RLock()
+	if !req.Approx && len(mi.precise) > 0 {
+		prefixLens(mi.precise, req.Hashes, s.precise, &s.cur, &s.ents)
+	} else {
+		clear(s.precise)
+	}
+	if len(mi.approx) > 0 {
+		prefixLens(mi.approx, req.Hashes, s.approx, &s.cur, &s.ents)
+	} else {
+		clear(s.approx)
+	}
+	s.reported = append(s.reported[:0], mi.reported...)
+	mi.mu.RUnlock()
+	return &prefixMatch{s: s, reported: s.reported, approx: req.Approx}
+}
+
+// blocks is the prefix length for node id: its reported blocks when it
+// reports events, the approximate record otherwise.
+func (m *prefixMatch) blocks(id int) int {
+	if id >= len(m.s.precise) {
+		return 0
+	}
+	if !m.approx && m.reported.has(id) {
+		return int(m.s.precise[id])
+	}
+	return int(m.s.approx[id])
+}
+
+func (m *prefixMatch) release() { scratchPool.Put(m.s) }
+
+// matchOne is match for a single node.
+func (x *index) matchOne(req Request, id int) int {
+	mi := x.model(req.Model, false)
+	if mi == nil || len(req.Hashes) == 0 {
+		return 0
+	}
+	mi.mu.RLock()
+	defer mi.mu.RUnlock()
+	m := mi.approx
+	if !req.Approx && mi.reported.has(id) {
+		m = mi.precise
+	}
+	n := 0
+	for _, h := range req.Hashes {
+		e := m[h]
+		if e == nil || !e.b.has(id) {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+// lru is a bounded recency list of hashes.
+type lru struct {
+	cap int
+	l   *list.List
+	m   map[uint64]*list.Element
+}
+
+func newLRU(n int) *lru { return &lru{cap: n, l: list.New(), m: map[uint64]*list.Element{}} }
+
+// touch marks h most recent and reports whether it is new.
+func (l *lru) touch(h uint64) bool {
+	if e, ok := l.m[h]; ok {
+		l.l.MoveToFront(e)
+		return false
+	}
+	l.m[h] = l.l.PushFront(h)
+	return true
+}
+
+func (l *lru) over() bool { return l.l.Len() > l.cap }
+
+func (l *lru) evict() uint64 {
+	e := l.l.Back()
+	l.l.Remove(e)
+	h := e.Value.(uint64)
+	delete(l.m, h)
+	return h
+}
+
+// sessions maps affinity keys to node ids, bounded: when full, the
+// least recently used key goes.
+type sessions struct {
+	mu sync.Mutex // guards l and m
+	n  int
+	l  *list.List
+	m  map[string]*list.Element
+}
+
+type sessionEntry struct {
+	key  string
+	node int32
+}
+
+func newSessions(n int) *sessions {
+	return &sessions{n: n, l: list.New(), m: map[string]*list.Element{}}
+}
+
+func (s *sessions) get(key string) (int32, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.m[key]
+	if !ok {
+		return 0, false
+	}
+	s.l.MoveToFront(e)
+	return e.Value.(*sessionEntry).node, true
+}
+
+func (s *sessions) set(key string, node int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.m[key]; ok {
+		e.Value.(*sessionEntry).node = node
+		s.l.MoveToFront(e)
+		return
+	}
+	s.m[key] = s.l.PushFront(&sessionEntry{key: key, node: node})
+	if s.l.Len() > s.n {
+		e := s.l.Back()
+		s.l.Remove(e)
+		delete(s.m, e.Value.(*sessionEntry).key)
+	}
+}

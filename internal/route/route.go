@@ -1,0 +1,504 @@
+// Package route decides which node serves a request: it filters the
+// candidates (model held, not draining, not tried, under the queue limit,
+// circuit closed), scores them with weighted scorers (prefix-cache overlap,
+// queue depth, measured speed and heat) and picks one (best score, power of
+// two choices, round-robin or session affinity). It keeps the per-node index
+// of KV-cache block hashes that the nodes report, and a coordinator-side
+// approximation for nodes that report none.
+//
+// It holds no connections and does no I/O: the coordinator feeds it node
+// state and cache events and asks it for a decision, which takes
+// microseconds even with a thousand nodes. It must not import the engine,
+// the cache or the network stack.
+package route
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Policy names, the values of --route-policy.
+const (
+	PolicyRoundRobin       = "round-robin"
+	PolicyLeastOutstanding = "least-outstanding"
+	PolicyP2C              = "p2c"
+	PolicyPrefix           = "prefix"
+	PolicyCapability       = "capability"
+	PolicySession          = "session"
+	// PolicyComposite (the default) weighs prefix overlap, queue depth and
+	// capability together.
+	PolicyComposite = "composite"
+)
+
+// Policies lists the policy names in the order people read them.
+var Policies = []string{PolicyComposite, PolicyPrefix, PolicyLeastOutstanding, PolicyP2C, PolicyRoundRobin, PolicyCapability, PolicySession}
+
+// ErrUnknownPolicy is returned for a policy name not in Policies.
+var ErrUnknownPolicy = errors.New("unknown routing policy")
+
+// Candidate is one node as the router sees it for one decision. The
+// coordinator fills it from its registry; ID comes from Router.NodeID.
+type Candidate struct {
+	// ID is the node's id from Router.NodeID.
+	ID int32
+	// Outstanding counts requests the coordinator has open on the node;
+	// QueueDepth is what the node last reported waiting in its queue.
+	Outstanding int32
+	QueueDepth  int32
+	// Filters: a candidate with any of these set is not eligible.
+	Draining bool
+	Tried    bool // already failed this request
+	Open     bool // circuit breaker open
+	// Throttling and MaxTempC are the node's thermal state.
+	Throttling bool
+	MaxTempC   float32
+	// DecodeTokS is the node's measured decode speed (0: unknown, counted
+	// as average). The struct is kept small: a decision scans a thousand.
+	DecodeTokS float32
+}
+
+// Request is what a decision knows of a request.
+type Request struct {
+	Model string
+	// Hashes are the request's chained block hashes (blockhash.Chain of
+	// its prompt ids), nil when the prompt was not tokenized.
+	Hashes []uint64
+	// Approx marks hashes that are not the node's own (chat prompts hashed
+	// from their message contents): they are matched only against the
+	// coordinator's record of what it routed, never the nodes' events.
+	Approx bool
+	// Session is the affinity key (OpenAI "user" or X-Session-Id), "" for none.
+	Session string
+}
+
+// Decision is the outcome of Pick.
+type Decision struct {
+	// Index is the chosen candidate's position in the slice given to Pick.
+	Index int
+	// PrefixBlocks is how many leading blocks of the request the chosen
+	// node holds (or is believed to hold).
+	PrefixBlocks int
+}
+
+// Weights of the scorers in a policy.
+type Weights struct {
+	Prefix, Queue, Capability float64
+}
+
+// policy is one routing policy: the scorer weights and the picker.
+type policy struct {
+	name    string
+	w       Weights
+	picker  int // pickBest, pickP2C, pickRR
+	session bool
+}
+
+const (
+	pickBest = iota
+	pickP2C
+	pickRR
+)
+
+func newPolicy(name string) (policy, error) {
+	// Scores are in units of one queued request: a node's score falls by
+	// Queue for every request it has, and rises by Prefix times the share
+	// of the prompt it holds cached and by Capability times its capability
+	// score in [0, 1]. So the composite sends a request to a node that holds
+	// the whole prompt while it has fewer than two more requests than the
+	// idlest node; a linear queue term keeps a hot prefix from herding every
+	// request onto one node.
+	switch name {
+	case PolicyComposite, "":
+		return policy{name: PolicyComposite, w: Weights{Prefix: 2, Queue: 1, Capability: 1}}, nil
+	case PolicyPrefix:
+		// Prefix first: a full hit is worth four queued requests.
+		return policy{name: name, w: Weights{Prefix: 4, Queue: 1}}, nil
+	case PolicyLeastOutstanding:
+		return policy{name: name, w: Weights{Queue: 1}}, nil
+	case PolicyP2C:
+		return policy{name: name, w: Weights{Queue: 1}, picker: pickP2C}, nil
+	case PolicyRoundRobin:
+		return policy{name: name, picker: pickRR}, nil
+	case PolicyCapability:
+		return policy{name: name, w: Weights{Queue: 1, Capability: 2}}, nil
+	case PolicySession:
+		return policy{name: name, w: Weights{Prefix: 2, Queue: 1, Capability: 1}, session: true}, nil
+	}
+	return policy{}, fmt.Errorf("%w %q (known: %s)", ErrUnknownPolicy, name, strings.Join(Policies, ", "))
+}
+
+// Config sets the policies: Default for every model unless PerModel names
+// one for it.
+type Config struct {
+	Default  string
+	PerModel map[string]string
+	// MaxOutstanding is the per-node queue limit the filter applies (0: none).
+	MaxOutstanding int
+	// ApproxBlocksPerNode bounds the coordinator-side record of blocks routed
+	// to one node for one model (default 4096).
+	ApproxBlocksPerNode int
+	// Sessions bounds the affinity table (default 65536 keys).
+	Sessions int
+}
+
+// ParsePolicies reads "POLICY" or "POLICY,model=POLICY,..." (the
+// --route-policy flag) into a Config's Default and PerModel.
+func ParsePolicies(s string) (def string, perModel map[string]string, err error) {
+	def = PolicyComposite
+	for i, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		model, name, ok := strings.Cut(part, "=")
+		if !ok {
+			if i != 0 {
+				return "", nil, fmt.Errorf("route policy %q: only the first entry may omit model=", part)
+			}
+			name = model
+		}
+		if _, err := newPolicy(name); err != nil {
+			return "", nil, err
+		}
+		if !ok {
+			def = name
+			continue
+		}
+		if perModel == nil {
+			perModel = map[string]string{}
+		}
+		perModel[model] = name
+	}
+	return def, perModel, nil
+}
+
+// Router makes routing decisions. Its methods are safe for concurrent use.
+type Router struct {
+	def      policy
+	perModel map[string]policy
+	maxOut   int
+
+	idMu  sync.Mutex // guards ids and free
+	ids   map[string]int
+	free  []int
+	maxID atomic.Int64 // highest id given out
+	rr    atomic.Uint64
+	// speedMean is the mean decode speed (float64 bits) seen by the last
+	// capability-weighted decision.
+	speedMean atomic.Uint64
+	index     *index
+	sess      *sessions
+}
+
+// New builds a Router.
+func New(cfg Config) (*Router, error) {
+	def, err := newPolicy(cfg.Default)
+	if err != nil {
+		return nil, err
+	}
+	r := &Router{def: def, perModel: map[string]policy{}, maxOut: cfg.MaxOutstanding, ids: map[string]int{}}
+	for model, name := range cfg.PerModel {
+		p, err := newPolicy(name)
+		if err != nil {
+			return nil, fmt.Errorf("model %s: %w", model, err)
+		}
+		r.perModel[model] = p
+	}
+	if cfg.ApproxBlocksPerNode <= 0 {
+		cfg.ApproxBlocksPerNode = 4096
+	}
+	if cfg.Sessions <= 0 {
+		cfg.Sessions = 1 << 16
+	}
+	r.index = newIndex(cfg.ApproxBlocksPerNode)
+	r.sess = newSessions(cfg.Sessions)
+	return r, nil
+}
+
+// UsesPrefix says whether model's policy scores prefix overlap, so that
+// the caller knows whether hashing the prompt is worth it.
+func (r *Router) UsesPrefix(model string) bool { return r.policyFor(model).w.Prefix > 0 }
+
+// Policy names the policy used for model.
+func (r *Router) Policy(model string) string { return r.policyFor(model).name }
+
+func (r *Router) policyFor(model string) policy {
+	if p, ok := r.perModel[model]; ok {
+		return p
+	}
+	return r.def
+}
+
+// NodeID returns the small integer the router knows node name by,
+// assigning one on first use. IDs of forgotten nodes are reused.
+func (r *Router) NodeID(name string) int32 {
+	r.idMu.Lock()
+	defer r.idMu.Unlock()
+	if id, ok := r.ids[name]; ok {
+		return int32(id)
+	}
+	var id int
+	if n := len(r.free); n > 0 {
+		id, r.free = r.free[n-1], r.free[:n-1]
+	} else {
+		id = len(r.ids)
+	}
+	r.ids[name] = id
+	if int64(id) > r.maxID.Load() {
+		r.maxID.Store(int64(id))
+	}
+	return int32(id)
+}
+
+// ForgetNode drops everything known of a node's cache (it restarted or
+// left): its index entries, approximate or reported, for every model.
+func (r *Router) ForgetNode(name string) {
+	r.idMu.Lock()
+	id, ok := r.ids[name]
+	r.idMu.Unlock()
+	if ok {
+		r.index.forgetNode(id)
+	}
+}
+
+// CacheEvent kinds, mirroring the wire CacheEvent.
+const (
+	Stored = iota + 1
+	Evicted
+	Cleared
+)
+
+// CacheEvent applies one of a node's KV-cache events to the index:
+// stored blocks are added, evicted ones removed, and cleared drops the
+// node's set for the model. From the first event on, the node's reported
+// set replaces the approximate record for that model.
+func (r *Router) CacheEvent(node string, kind int, model string, hashes []uint64) {
+	r.index.event(int(r.NodeID(node)), kind, model, hashes)
+}
+
+// Routed records that a request with these hashes went to node: the
+// approximate index for nodes that report no events (and for chat
+// prompts, whose hashes are not the node's).
+func (r *Router) Routed(node string, req Request) {
+	if len(req.Hashes) > 0 {
+		r.index.routed(int(r.NodeID(node)), req.Model, req.Hashes, req.Approx)
+	}
+	if req.Session != "" && r.policyFor(req.Model).session {
+		r.sess.set(req.Model+"\x00"+req.Session, r.NodeID(node))
+	}
+}
+
+// ErrNoCandidate is returned by Pick when no candidate passes the
+// filters; Full tells whether some were only over the queue limit.
+type ErrNoCandidate struct{ Full bool }
+
+func (e *ErrNoCandidate) Error() string {
+	if e.Full {
+		return "every eligible node is at its queue limit"
+	}
+	return "no eligible node"
+}
+
+// Pick chooses among cands for req. It does not modify cands.
+func (r *Router) Pick(req Request, cands []Candidate) (Decision, error) {
+	p := r.policyFor(req.Model)
+	ok := func(c *Candidate) bool {
+		return !(c.Draining || c.Tried || c.Open || (r.maxOut > 0 && int(c.Outstanding) >= r.maxOut))
+	}
+	if p.session && req.Session != "" {
+		if id, found := r.sess.get(req.Model + "\x00" + req.Session); found {
+			for i := range cands {
+				if cands[i].ID == id && ok(&cands[i]) {
+					return Decision{Index: i, PrefixBlocks: r.index.matchOne(req, int(cands[i].ID))}, nil
+				}
+			}
+		}
+	}
+	if p.picker == pickBest {
+		return r.best(p, req, cands)
+	}
+	full := false
+	eligible := 0
+	for i := range cands {
+		c := &cands[i]
+		if c.Draining || c.Tried || c.Open {
+			continue
+		}
+		if r.maxOut > 0 && int(c.Outstanding) >= r.maxOut {
+			full = true
+			continue
+		}
+		eligible++
+	}
+	if eligible == 0 {
+		return Decision{}, &ErrNoCandidate{Full: full}
+	}
+
+	switch p.picker {
+	case pickRR:
+		k := int(r.rr.Add(1)-1) % eligible
+		for i := range cands {
+			if ok(&cands[i]) {
+				if k == 0 {
+					return Decision{Index: i, PrefixBlocks: r.index.matchOne(req, int(cands[i].ID))}, nil
+				}
+				k--
+			}
+		}
+	case pickP2C:
+		a, b := r.randomEligible(cands, eligible, ok), -1
+		for tries := 0; tries < 8; tries++ {
+			if b = r.randomEligible(cands, eligible, ok); b != a {
+				break
+			}
+		}
+		if b >= 0 && load(&cands[b]) < load(&cands[a]) {
+			a = b
+		}
+		return Decision{Index: a, PrefixBlocks: r.index.matchOne(req, int(cands[a].ID))}, nil
+	}
+
+	panic("route: unknown picker")
+}
+
+// best scores every eligible candidate with the policy's weighted scorers
+// and returns the best, random among equals. It makes one pass over the
+// candidates: a decision among a thousand nodes must stay within
+// microseconds.
+func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error) {
+	var pm *prefixMatch
+	if p.w.Prefix > 0 && len(req.Hashes) > 0 {
+		pm = r.index.prepare(req, int(r.maxID.Load()))
+		if pm != nil {
+			defer pm.release()
+		}
+	}
+	// Speeds are compared with the mean of the previous decision's
+	// candidates, so that this one needs no extra pass.
+	mean := math.Float64frombits(r.speedMean.Load())
+	if mean == 0 && p.w.Capability > 0 {
+		mean = meanSpeed(cands) // the first decision
+	}
+	sum, known := 0.0, 0
+	invMean := 0.0
+	if mean > 0 {
+		invMean = 1 / mean
+	}
+	invBlocks := 1 / float64(max(len(req.Hashes), 1))
+	wp, wq, wc := p.w.Prefix*invBlocks, p.w.Queue, p.w.Capability
+	maxOut := int32(math.MaxInt32)
+	if r.maxOut > 0 {
+		maxOut = int32(r.maxOut)
+	}
+	best, bestScore, ties := -1, math.Inf(-1), 0
+	bestBlocks := 0
+	full := false
+	for i := range cands {
+		c := &cands[i]
+		if c.Draining || c.Tried || c.Open {
+			continue
+		}
+		if c.Outstanding >= maxOut {
+			full = true
+			continue
+		}
+		blocks := 0
+		if pm != nil {
+			blocks = pm.blocks(int(c.ID))
+		}
+		s := wp*float64(blocks) - wq*float64(max(c.Outstanding, c.QueueDepth))
+		if wc > 0 {
+			s += wc * capability(c, invMean)
+			if c.DecodeTokS > 0 {
+				sum += float64(c.DecodeTokS)
+				known++
+			}
+		}
+		switch {
+		case s > bestScore:
+			best, bestScore, ties, bestBlocks = i, s, 1, blocks
+		case s == bestScore:
+			// Reservoir sampling keeps each of the tied candidates equally likely.
+			ties++
+			if rand.IntN(ties) == 0 {
+				best, bestBlocks = i, blocks
+			}
+		}
+	}
+	if known > 0 {
+		r.speedMean.Store(math.Float64bits(sum / float64(known)))
+	}
+	if best < 0 {
+		return Decision{}, &ErrNoCandidate{Full: full}
+	}
+	if pm == nil {
+		bestBlocks = r.index.matchOne(req, int(cands[best].ID))
+	}
+	return Decision{Index: best, PrefixBlocks: bestBlocks}, nil
+}
+
+// load is the work a node has: what the coordinator sent it, or what it
+// reports queued if more (other coordinators, or a slow heartbeat).
+func load(c *Candidate) int { return int(max(c.Outstanding, c.QueueDepth)) }
+
+// capability scores measured speed and heat in [0, 1]: a cool node of
+// average speed scores 0.5, one twice as fast (or more) 1; a throttling node
+// scores a quarter of that, a hot one (above 85 °C) half. Unknown speeds
+// count as average.
+func capability(c *Candidate, invMean float64) float64 {
+	rel := 1.0
+	if c.DecodeTokS > 0 && invMean > 0 {
+		rel = float64(c.DecodeTokS) * invMean
+		if rel > 2 {
+			rel = 2
+		}
+	}
+	s := rel / 2
+	if c.Throttling {
+		s *= 0.25
+	} else if c.MaxTempC > 85 {
+		s *= 0.5
+	}
+	return s
+}
+
+// meanSpeed returns the mean of the known decode speeds, 0 when none is known.
+func meanSpeed(cands []Candidate) float64 {
+	sum, n := 0.0, 0
+	for i := range cands {
+		if v := cands[i].DecodeTokS; v > 0 {
+			sum += float64(v)
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}
+
+func (r *Router) randomEligible(cands []Candidate, eligible int, ok func(*Candidate) bool) int {
+	if eligible == len(cands) {
+		return rand.IntN(len(cands))
+	}
+	for tries := 0; tries < 16; tries++ {
+		if i := rand.IntN(len(cands)); ok(&cands[i]) {
+			return i
+		}
+	}
+	k := rand.IntN(eligible)
+	for i := range cands {
+		if ok(&cands[i]) {
+			if k == 0 {
+				return i
+			}
+			k--
+		}
+	}
+	return -1
+}
