@@ -18,6 +18,11 @@ have make || need_apt+=(make)
 have systemd-analyze || need_apt+=(systemd) # TestSystemdUnits
 have chromium || need_apt+=(chromium) # TestDashboard*: headless browser
 have prometheus || need_apt+=(prometheus) # TestPrometheusScrapesCoordinator: a real server
+have ip || need_apt+=(iproute2) # network-namespace tests (hosts on a bridge), tc for shaped links
+have avahi-daemon || need_apt+=(avahi-daemon) # TestMDNSAvahiInterop (run privately inside a namespace)
+have avahi-browse || need_apt+=(avahi-utils)
+have dbus-daemon || need_apt+=(dbus-daemon) # a private bus for that avahi-daemon
+have mount || need_apt+=(util-linux)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
