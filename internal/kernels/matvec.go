@@ -5,18 +5,29 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/npumesh/npumesh/internal/gguf"
 )
 
-// impl is one complete set of row kernels. Every field is set: the
-// assembly set starts as a copy of the portable one and replaces what it
-// has.
+// impl is one complete set of row kernels. Every one-vector kernel is
+// set (the assembly set starts as a copy of the portable one and replaces
+// what it has); the four-vector forms are optional.
 type impl struct {
 	name                         string
 	q8_0, q4_0, q4_1, q5_0, q5_1 func(w []byte, x *q8Vec) float32
 	q4K, q5K, q6K                func(w []byte, x *q8KVec) float32
 	f32, f16, bf16               func(w []byte, x []float32) float32
+	// quantQ8 quantizes activations for the 32-element formats; every
+	// implementation gives the same bits as quantizeQ8.
+	quantQ8 func(v *q8Vec, x []float32)
+
+	// Optional four-vector forms for MatMul: out[v] must equal the
+	// one-vector kernel on xs[v] bit for bit. xs holds four vectors that
+	// lie at equal strides in one scratch buffer.
+	q8_0x4, q4_0x4, q4_1x4 func(w []byte, xs []q8Vec, out *[4]float32)
+	q4Kx4, q5Kx4, q6Kx4    func(w []byte, xs []q8KVec, out *[4]float32)
+	f32x4, f16x4, bf16x4   func(w []byte, xs [][]float32, out *[4]float32)
 }
 
 var genericImpl = &impl{
@@ -24,6 +35,7 @@ var genericImpl = &impl{
 	q8_0: dotQ8_0Generic, q4_0: dotQ4_0Generic, q4_1: dotQ4_1Generic, q5_0: dotQ5_0Generic, q5_1: dotQ5_1Generic,
 	q4K: dotQ4KGeneric, q5K: dotQ5KGeneric, q6K: dotQ6KGeneric,
 	f32: dotF32Generic, f16: dotF16Generic, bf16: dotBF16Generic,
+	quantQ8: quantizeQ8,
 }
 
 // active is the kernel set in use: the platform's assembly set (asmImpl,
@@ -31,9 +43,12 @@ var genericImpl = &impl{
 // environment says NPUMESH_KERNELS=generic or SetGeneric(true) was called.
 var active atomic.Pointer[impl]
 
+// asmKernels is asmImpl, built once.
+var asmKernels = sync.OnceValue(asmImpl)
+
 func init() {
 	active.Store(genericImpl)
-	if a := asmImpl(); a != nil && os.Getenv("NPUMESH_KERNELS") != "generic" {
+	if a := asmKernels(); a != nil && os.Getenv("NPUMESH_KERNELS") != "generic" {
 		active.Store(a)
 	}
 }
@@ -42,7 +57,7 @@ func init() {
 // kernels for this CPU (off). It is meant for tests and benchmarks that
 // compare the two, and takes effect for products started afterwards.
 func SetGeneric(on bool) {
-	if a := asmImpl(); !on && a != nil {
+	if a := asmKernels(); !on && a != nil {
 		active.Store(a)
 		return
 	}
@@ -87,11 +102,14 @@ func MatMul(dst []float32, w []byte, typ gguf.Type, rows, cols int, x []float32,
 // scratch holds the quantized activations of one product; reused through
 // scratchPool so a decode step does not allocate them per call.
 type scratch struct {
-	qs    []int8
-	d, s  []float32
-	bsums []int16
-	q8    []q8Vec
-	q8K   []q8KVec
+	qs   []int8
+	d, s []float32
+	sum  []int32
+	q8   []q8Vec
+	// q8_K activations are records of qs, d and bsums, so that the
+	// four-vector kernels step from one vector to the next by one stride.
+	krec []uint64
+	q8K  []q8KVec
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -107,6 +125,11 @@ func grow[T any](s []T, n int) []T {
 // covers: large enough that handing out chunks costs nothing measurable,
 // small enough that two to a few dozen threads balance.
 const rowGrain = 32 << 10
+
+// serialBytes is the product size (weight bytes × vectors) below which
+// the caller does it alone: waking a sleeping worker costs microseconds,
+// about what a product of this size takes on one core.
+const serialBytes = 64 << 10
 
 func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x []float32, n int, pool *Pool) {
 	if !CanMatVec(typ) {
@@ -127,85 +150,133 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	if rows == 0 || n == 0 {
 		return
 	}
+	if cols == 0 {
+		clear(dst[:n*rows])
+		return
+	}
 	im := active.Load()
-	grain := max(1, rowGrain/max(rb, 1)/n)
-
 	var fdot func([]byte, []float32) float32
+	var fdot4 func([]byte, [][]float32, *[4]float32)
 	var qdot func([]byte, *q8Vec) float32
 	var kdot func([]byte, *q8KVec) float32
+	var qdot4 func([]byte, []q8Vec, *[4]float32)
+	var kdot4 func([]byte, []q8KVec, *[4]float32)
 	switch typ {
 	case gguf.TypeF32:
-		fdot = im.f32
+		fdot, fdot4 = im.f32, im.f32x4
 	case gguf.TypeF16:
-		fdot = im.f16
+		fdot, fdot4 = im.f16, im.f16x4
 	case gguf.TypeBF16:
-		fdot = im.bf16
+		fdot, fdot4 = im.bf16, im.bf16x4
 	case gguf.TypeQ8_0:
-		qdot = im.q8_0
+		qdot, qdot4 = im.q8_0, im.q8_0x4
 	case gguf.TypeQ4_0:
-		qdot = im.q4_0
+		qdot, qdot4 = im.q4_0, im.q4_0x4
 	case gguf.TypeQ4_1:
-		qdot = im.q4_1
+		qdot, qdot4 = im.q4_1, im.q4_1x4
 	case gguf.TypeQ5_0:
 		qdot = im.q5_0
 	case gguf.TypeQ5_1:
 		qdot = im.q5_1
 	case gguf.TypeQ4_K:
-		kdot = im.q4K
+		kdot, kdot4 = im.q4K, im.q4Kx4
 	case gguf.TypeQ5_K:
-		kdot = im.q5K
+		kdot, kdot4 = im.q5K, im.q5Kx4
 	case gguf.TypeQ6_K:
-		kdot = im.q6K
+		kdot, kdot4 = im.q6K, im.q6Kx4
+	}
+	// A chunk of rows is about rowGrain bytes of weights, and fewer rows
+	// when the batch is small but more than one vector, so that a batch
+	// still spreads over every thread.
+	grain := max(1, rowGrain/max(rb, 1)/min(n, vecTile))
+	if rows*rb*n < serialBytes {
+		pool = nil
 	}
 
 	if fdot != nil {
-		pool.parallel(rows, grain, func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				row := w[r*rb : (r+1)*rb]
-				for i := range n {
-					dst[i*rows+r] = fdot(row, x[i*cols:(i+1)*cols])
-				}
-			}
-		})
+		xs := make([][]float32, n)
+		for i := range xs {
+			xs[i] = x[i*cols : (i+1)*cols]
+		}
+		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, xs, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
 		return
 	}
-
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	sc.qs = grow(sc.qs, n*cols)
 	if qdot != nil {
-		nb := cols / 32
-		sc.d, sc.s, sc.q8 = grow(sc.d, n*nb), grow(sc.s, n*nb), grow(sc.q8, n)
-		for i := range n {
-			v := &sc.q8[i]
-			*v = q8Vec{qs: sc.qs[i*cols : (i+1)*cols], d: sc.d[i*nb : (i+1)*nb], s: sc.s[i*nb : (i+1)*nb]}
-			quantizeQ8(v, x[i*cols:(i+1)*cols])
-		}
-		vs := sc.q8
-		pool.parallel(rows, grain, func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				row := w[r*rb : (r+1)*rb]
-				for i := range vs {
-					dst[i*rows+r] = qdot(row, &vs[i])
-				}
-			}
-		})
+		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8Vecs(im.quantQ8, x, n, cols, pool), qdot, qdot4))
 		return
 	}
-	nb := cols / qkK
-	sc.d, sc.bsums, sc.q8K = grow(sc.d, n*nb), grow(sc.bsums, n*nb*16), grow(sc.q8K, n)
-	for i := range n {
-		v := &sc.q8K[i]
-		*v = q8KVec{qs: sc.qs[i*cols : (i+1)*cols], d: sc.d[i*nb : (i+1)*nb], bsums: sc.bsums[i*nb*16 : (i+1)*nb*16]}
-		quantizeQ8K(v, x[i*cols:(i+1)*cols])
-	}
-	vs := sc.q8K
-	pool.parallel(rows, grain, func(lo, hi int) {
-		for r := lo; r < hi; r++ {
-			row := w[r*rb : (r+1)*rb]
-			for i := range vs {
-				dst[i*rows+r] = kdot(row, &vs[i])
+	pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), kdot, kdot4))
+}
+
+// vecTile is how many activation vectors a batched product takes per pass
+// over a chunk of rows: 16 vectors of 4096 q8 values (64 KiB) stay in L2
+// while the chunk's rows (rowGrain bytes) stay in L1, whatever n is.
+const vecTile = 16
+
+// rowsLoop returns the body of a parallel product: for the rows [lo,hi)
+// and each tile of vectors, one (or, with four, four at a time) row
+// kernel per row and vector. Each dst element is computed by the same
+// kernel whatever n and the tiling, so MatMul equals repeated MatVec.
+func rowsLoop[V any](dst []float32, w []byte, rb, rows int, vs []V, one func([]byte, *V) float32, four func([]byte, []V, *[4]float32)) func(lo, hi int) {
+	return func(lo, hi int) {
+		var out [4]float32
+		for i0 := 0; i0 < len(vs); i0 += vecTile {
+			i1 := min(i0+vecTile, len(vs))
+			for r := lo; r < hi; r++ {
+				row := w[r*rb : (r+1)*rb]
+				i := i0
+				for ; four != nil && i+4 <= i1; i += 4 {
+					four(row, vs[i:i+4], &out)
+					for v, o := range out {
+						dst[(i+v)*rows+r] = o
+					}
+				}
+				for ; i < i1; i++ {
+					dst[i*rows+r] = one(row, &vs[i])
+				}
 			}
 		}
+	}
+}
+
+// q8Vecs quantizes the n vectors of x (cols each) to q8 (32-element
+// blocks), spreading a batch over pool.
+func (sc *scratch) q8Vecs(quant func(*q8Vec, []float32), x []float32, n, cols int, pool *Pool) []q8Vec {
+	nb := cols / 32
+	sc.qs = grow(sc.qs, n*cols)
+	sc.d, sc.s, sc.sum, sc.q8 = grow(sc.d, n*nb), grow(sc.s, n*nb), grow(sc.sum, n*nb), grow(sc.q8, n)
+	for i := range n {
+		sc.q8[i] = q8Vec{qs: sc.qs[i*cols : (i+1)*cols], d: sc.d[i*nb : (i+1)*nb], s: sc.s[i*nb : (i+1)*nb], sum: sc.sum[i*nb : (i+1)*nb]}
+	}
+	pool.parallel(n, max(1, 16384/cols), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			quant(&sc.q8[i], x[i*cols:(i+1)*cols])
+		}
 	})
+	return sc.q8
+}
+
+// q8KVecs quantizes the n vectors of x (cols each) to q8_K records,
+// spreading a batch over pool.
+func (sc *scratch) q8KVecs(x []float32, n, cols int, pool *Pool) []q8KVec {
+	nb := cols / qkK
+	rec := (cols + 4*nb + 32*nb + 31) &^ 31 // bytes per vector
+	sc.krec, sc.q8K = grow(sc.krec, n*rec/8), grow(sc.q8K, n)
+	base := unsafe.Pointer(unsafe.SliceData(sc.krec))
+	for i := range n {
+		r := unsafe.Add(base, i*rec)
+		sc.q8K[i] = q8KVec{
+			qs:    unsafe.Slice((*int8)(r), cols),
+			d:     unsafe.Slice((*float32)(unsafe.Add(r, cols)), nb),
+			bsums: unsafe.Slice((*int16)(unsafe.Add(r, cols+4*nb)), 16*nb),
+		}
+	}
+	pool.parallel(n, max(1, 16384/cols), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			quantizeQ8K(&sc.q8K[i], x[i*cols:(i+1)*cols])
+		}
+	})
+	return sc.q8K
 }

@@ -16,6 +16,7 @@ type Pool struct {
 	threads int
 	jobs    chan *job
 	workers sync.WaitGroup
+	running atomic.Int32 // workers not yet returned; for tests
 	closed  atomic.Bool
 }
 
@@ -34,8 +35,10 @@ type job struct {
 func NewPool(threads int) *Pool {
 	threads = max(threads, 1)
 	p := &Pool{threads: threads, jobs: make(chan *job, threads)}
+	p.running.Store(int32(threads - 1))
 	for range threads - 1 {
 		p.workers.Go(func() {
+			defer p.running.Add(-1)
 			for j := range p.jobs {
 				j.work()
 				j.done.Done()

@@ -23,8 +23,10 @@ func CanQuantize(typ gguf.Type) bool {
 //
 // q8_0, q4_0, q4_1, q5_0 and q5_1 follow ggml's reference quantizers
 // (quantize_row_*_ref) bit for bit, f16 rounds to nearest even like ggml.
-// q4_K and q6_K use the ggml block layout with a simpler scale search than
-// ggml's make_qkx2_quants: llama.cpp reads them correctly, the bits differ.
+// q4_K follows ggml's reference algorithm (bits may still differ where
+// float operations are ordered or fused differently); q6_K uses the ggml
+// layout with a simpler scale choice than ggml's make_qx_quants. llama.cpp
+// reads both.
 func Quantize(dst []byte, src []float32, typ gguf.Type) error {
 	if !CanQuantize(typ) {
 		return fmt.Errorf("quantize: %w: %v", ErrUnsupported, typ)
@@ -192,60 +194,131 @@ func quantQ5_1(dst []byte, x []float32) {
 	dst[4], dst[5], dst[6], dst[7] = byte(qh), byte(qh>>8), byte(qh>>16), byte(qh>>24)
 }
 
-// quantQ4K encodes one q4_K super-block. Each 32-element sub-block gets
-// value = scale·q − min with q in 0..15; scale and min are 6-bit multiples
-// of the super-block's d and dmin (f16). The scale is rounded up so that
-// the sub-block's range never clips; the min is rounded to nearest.
+// quantQ4K encodes one q4_K super-block as ggml's quantize_row_q4_K_ref
+// does: each 32-element sub-block gets value = scale·q − min with q in
+// 0..15, scale and min fitted by weighted least squares over a small
+// search (makeQKX2Quants); the eight scales and mins are then rounded to
+// 6-bit multiples of the super-block's f16 d and dmin, and the values
+// requantized with those.
 func quantQ4K(dst []byte, x []float32) {
 	dst, x = dst[:144], x[:qkK]
-	var scale, mins [8]float32
+	var L [qkK]uint8
+	var weights [32]float32
+	var scales, mins [8]float32
 	var maxScale, maxMin float32
 	for j := range 8 {
-		lo, hi := minMax(x[32*j : 32*j+32])
-		lo = min(lo, 0)
-		scale[j], mins[j] = (hi-lo)/15, -lo
-		maxScale, maxMin = max(maxScale, scale[j]), max(maxMin, mins[j])
-	}
-	dh, mh := F32ToF16(maxScale/63), F32ToF16(maxMin/63)
-	d, dmin := F16ToF32(dh), F16ToF32(mh)
-	var ls, lm [8]uint8
-	for j := range 8 {
-		if d > 0 {
-			ls[j] = uint8(min(63, math.Ceil(float64(scale[j]/d))))
+		xs := x[32*j : 32*j+32]
+		var sumX2 float32
+		for _, v := range xs {
+			sumX2 += v * v
 		}
-		if dmin > 0 {
-			lm[j] = uint8(min(63, nearestInt(mins[j]/dmin)))
+		avX := float32(math.Sqrt(float64(sumX2 / 32)))
+		for l, v := range xs {
+			weights[l] = avX + abs32(v)
 		}
+		scales[j], mins[j] = makeQKX2Quants(15, xs, weights[:], L[32*j:32*j+32])
+		maxScale, maxMin = max(maxScale, scales[j]), max(maxMin, mins[j])
 	}
-	put16(dst, dh)
-	put16(dst[2:], mh)
+	var invScale, invMin float32
+	if maxScale > 0 {
+		invScale = 63 / maxScale
+	}
+	if maxMin > 0 {
+		invMin = 63 / maxMin
+	}
 	sc := dst[4:16]
+	clear(sc)
 	for j := range 8 {
+		ls := uint8(min(63, nearestInt(invScale*scales[j])))
+		lm := uint8(min(63, nearestInt(invMin*mins[j])))
 		if j < 4 {
-			sc[j], sc[j+4] = ls[j], lm[j]
+			sc[j], sc[j+4] = ls, lm
 		} else {
-			sc[j+4] = ls[j]&0xf | lm[j]&0xf<<4
-			sc[j-4] |= ls[j] >> 4 << 6
-			sc[j] |= lm[j] >> 4 << 6
+			sc[j+4] = ls&0xf | lm&0xf<<4
+			sc[j-4] |= ls >> 4 << 6
+			sc[j] |= lm >> 4 << 6
 		}
 	}
-	var q [qkK]uint8
+	put16(dst, F32ToF16(maxScale/63))
+	put16(dst[2:], F32ToF16(maxMin/63))
+	d, dmin := f16At(dst), f16At(dst[2:])
 	for j := range 8 {
-		dd, dm := d*float32(ls[j]), dmin*float32(lm[j])
+		ls, lm := scaleMinK4(j, sc)
+		dd := d * float32(ls)
 		if dd == 0 {
 			continue
 		}
-		id := 1 / dd
+		dm := dmin * float32(lm)
 		for l := 32 * j; l < 32*j+32; l++ {
-			q[l] = uint8(max(0, min(15, nearestInt((x[l]+dm)*id))))
+			L[l] = uint8(max(0, min(15, nearestInt((x[l]+dm)/dd))))
 		}
 	}
 	qs := dst[16:144]
 	for g := range 4 {
 		for l := range 32 {
-			qs[32*g+l] = q[64*g+l] | q[64*g+32+l]<<4
+			qs[32*g+l] = L[64*g+l] | L[64*g+32+l]<<4
 		}
 	}
+}
+
+// makeQKX2Quants is ggml's make_qkx2_quants with its q4_K arguments
+// (rmin −1, rdelta 0.1, 20 steps): it fits x ≈ scale·L − min, L in
+// 0..nmax, min ≥ 0, minimizing the weighted squared error over a few
+// candidate scales, and returns scale and min.
+func makeQKX2Quants(nmax int, x, weights []float32, L []uint8) (scale, theMin float32) {
+	const rmin, rdelta, nstep = -1, 0.1, 20
+	lo, hi := minMax(x)
+	lo = min(lo, 0)
+	if hi == lo {
+		clear(L[:len(x)])
+		return 0, -lo
+	}
+	var sumW, sumX float32
+	for i, v := range x {
+		sumW += weights[i]
+		sumX += weights[i] * v
+	}
+	iscale := float32(nmax) / (hi - lo)
+	scale = 1 / iscale
+	var bestErr float32
+	for i, v := range x {
+		l := max(0, min(nmax, nearestInt(iscale*(v-lo))))
+		L[i] = uint8(l)
+		diff := scale*float32(l) + lo - v
+		bestErr += weights[i] * diff * diff
+	}
+	var aux [32]uint8
+	for is := range nstep + 1 {
+		iscale := (rmin + rdelta*float32(is) + float32(nmax)) / (hi - lo)
+		var sumL, sumL2, sumXL float32
+		for i, v := range x {
+			l := max(0, min(nmax, nearestInt(iscale*(v-lo))))
+			aux[i] = uint8(l)
+			w := weights[i]
+			sumL += w * float32(l)
+			sumL2 += w * float32(l*l)
+			sumXL += w * float32(l) * v
+		}
+		D := sumW*sumL2 - sumL*sumL
+		if D <= 0 {
+			continue
+		}
+		thisScale := (sumW*sumXL - sumX*sumL) / D
+		thisMin := (sumL2*sumX - sumL*sumXL) / D
+		if thisMin > 0 {
+			thisMin, thisScale = 0, sumXL/sumL2
+		}
+		var cur float32
+		for i, v := range x {
+			diff := thisScale*float32(aux[i]) + thisMin - v
+			cur += weights[i] * diff * diff
+		}
+		if cur < bestErr {
+			copy(L, aux[:len(x)])
+			bestErr, scale, lo = cur, thisScale, thisMin
+		}
+	}
+	return scale, -lo
 }
 
 // quantQ6K encodes one q6_K super-block: each 16 elements get an int8
