@@ -23,6 +23,7 @@ have avahi-daemon || need_apt+=(avahi-daemon) # TestMDNSAvahiInterop (run privat
 have avahi-browse || need_apt+=(avahi-utils)
 have dbus-daemon || need_apt+=(dbus-daemon) # a private bus for that avahi-daemon
 have mount || need_apt+=(util-linux)
+have etcd || need_apt+=(etcd-server) # HA tests: coordinators sharing state through a real etcd
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -26,6 +26,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		maxOutstanding, maxPerNode                                int
 		requestTimeout, hedgeAfter                                time.Duration
 		modelQuota                                                sizeFlag
+		registry                                                  string
+		registryTTL                                               time.Duration
 	)
 	var mdnsOpt mdnsOptions
 	cmd := &cobra.Command{
@@ -66,6 +68,12 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 			cfg := coordinator.Config{
 				Listen: listen, API: api, TLS: trust.bundle, Logger: log, InsecureHTTP: insecureHTTP,
 				CA: trust.ca, Store: trust.store, EnrollListen: enrollListen, NodeCertTTL: nodeCertTTL,
+			}
+			if registry != "" {
+				if cfg.Store, cfg.Etcd, err = etcdRegistry(c.Context(), log, registry, registryTTL, listen, trust.store); err != nil {
+					return err
+				}
+				defer cfg.Etcd.Client.Close()
 			}
 			cfg.Dashboard = web.Handler()
 			if err := catalogConfig(&cfg, dataDir, modelQuota); err != nil {
@@ -130,6 +138,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 	f.DurationVar(&hedgeAfter, "hedge-after", 0, "send a non-streamed request of at most 64 tokens to a second node when the first has not answered within this (0: no hedging)")
 	f.DurationVar(&requestTimeout, "request-timeout", 10*time.Minute, "longest a request may take, retries and migrations included, before the API answers 504 (0: no limit)")
 	mdnsOpt.register(cmd, true)
+	f.StringVar(&registry, "registry", "", "keep the cluster state in etcd and run several coordinators side by side: etcd://HOST:PORT[,HOST:PORT...] (default: one coordinator, state in DATA-DIR/state.json); each coordinator needs a copy of the same DATA-DIR/ca")
+	f.DurationVar(&registryTTL, "registry-ttl", 5*time.Second, "with --registry: lease of this coordinator in etcd; when it dies, its nodes leave the cluster view and another coordinator takes over the leader's tasks within this")
 	f.StringVar(&addrFile, "addr-file", "", "write the bound addresses to this file once listening")
 	_ = f.MarkHidden("addr-file")
 	f.Var(&modelQuota, "model-quota", "disk quota of the model catalog in DATA-DIR/modelstore, e.g. 50G (default: none)")

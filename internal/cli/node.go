@@ -18,6 +18,8 @@ import (
 func newNodeCmd(g *globals) *cobra.Command {
 	var (
 		coordinators, listen, advertise, tlsDir, name, addrFile, metricsListen string
+		sysRoot                                                                string
+		telemetryEvery                                                         time.Duration
 		configFile                                                             string
 		join, dataDir, enrollAddr                                              string
 		models                                                                 []string
@@ -84,7 +86,8 @@ func newNodeCmd(g *globals) *cobra.Command {
 				Name: name, Listen: listen, Advertise: advertise,
 				Coordinators: splitList(coordinators), TLS: bundle, TLSDir: bundleDir, Backends: backends, Logger: log,
 				MetricsListen: metricsListen,
-				Pull:          pullConfig(modelStore, modelQuota, threads),
+				SysRoot:       sysRoot, TelemetryInterval: telemetryEvery,
+				Pull: pullConfig(modelStore, modelQuota, threads),
 			})
 			if err != nil {
 				closeAll()
@@ -118,6 +121,8 @@ func newNodeCmd(g *globals) *cobra.Command {
 	f.StringVar(&configFile, "config", "", "JSON file of models to serve, builtin or upstream (see docs/npu.md); adds to --model")
 	f.IntVar(&threads, "threads", 0, "compute threads per model (default: all cores)")
 	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9464", "HTTP address of the node's Prometheus /metrics (empty disables it)")
+	f.StringVar(&sysRoot, "sys-root", "/", "directory holding the /proc and /sys to read hardware and telemetry from (a container with the host's mounted elsewhere)")
+	f.DurationVar(&telemetryEvery, "telemetry-interval", 0, "how often temperatures, throttling and power are sampled (default 5s)")
 	f.StringVar(&modelStore, "model-store", "", "directory where the node keeps models it pulls from the cluster's catalog (npumesh model add); empty: pulls nothing")
 	f.Var(&modelQuota, "model-quota", "disk quota of --model-store, e.g. 20G (default: none)")
 	mdnsOpt.register(cmd, false)

@@ -4,22 +4,30 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/npumesh/npumesh/internal/testdata"
 )
 
 // netPair is two network namespaces the test created, joined by a veth
 // pair: A (10.231.x.1) and B (10.231.x.2). The host's interfaces are never
-// touched: both veth ends are created inside the namespaces.
+// touched: both veth ends are created inside the namespaces. Names follow
+// the LAN helper's (netns.go), so a killed run's leftovers are swept and
+// cleanup kills what runs inside.
 type netPair struct {
 	nsA, nsB     string
 	vethA, vethB string
@@ -28,25 +36,23 @@ type netPair struct {
 
 func newNetPair(t *testing.T) *netPair {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testdata.Missing(t, "root, to create network namespaces")
+	RequireNetns(t)
+	if _, err := exec.LookPath("tc"); err != nil {
+		testdata.Missing(t, "tc (Debian package iproute2: apt-get install -y iproute2)")
 	}
-	for _, tool := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testdata.Missing(t, "%s (Debian package iproute2: apt-get install iproute2)", tool)
-		}
-	}
+	sweepStaleNamespaces(t)
 	id := rand.IntN(1 << 20)
 	sub := 1 + id%250
+	prefix := fmt.Sprintf("%s%dx%05x", nsPrefix, os.Getpid(), id)
 	p := &netPair{
-		nsA: fmt.Sprintf("npm-a-%d", id), nsB: fmt.Sprintf("npm-b-%d", id),
+		nsA: prefix + "-a", nsB: prefix + "-b",
 		vethA: fmt.Sprintf("npa%d", id), vethB: fmt.Sprintf("npb%d", id),
 		ipA: fmt.Sprintf("10.231.%d.1", sub), ipB: fmt.Sprintf("10.231.%d.2", sub),
 	}
 	p.ip(t, "netns", "add", p.nsA)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", p.nsA).Run() })
+	t.Cleanup(func() { deleteNamespace(p.nsA) })
 	p.ip(t, "netns", "add", p.nsB)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", p.nsB).Run() })
+	t.Cleanup(func() { deleteNamespace(p.nsB) })
 	p.ip(t, "-n", p.nsA, "link", "add", p.vethA, "type", "veth", "peer", "name", p.vethB, "netns", p.nsB)
 	p.ip(t, "-n", p.nsA, "addr", "add", p.ipA+"/24", "dev", p.vethA)
 	p.ip(t, "-n", p.nsB, "addr", "add", p.ipB+"/24", "dev", p.vethB)
@@ -144,7 +150,7 @@ func (nc *netCluster) progress(t *testing.T, name string) (state string, progres
 // metric reads one counter from the coordinator's /metrics (inside A).
 func (nc *netCluster) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", nc.p.nsA, "curl", "-sf", "http://"+nc.api+"/metrics").Output()
+	out, err := getInNetns(nc.p.nsA, nc.api, "/metrics")
 	if err != nil {
 		t.Fatalf("scrape the coordinator's metrics: %v", err)
 	}
@@ -156,6 +162,50 @@ func (nc *netCluster) metric(t *testing.T, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// getInNetns fetches http://addr/path from inside namespace ns: the socket
+// is made on an OS thread moved into ns (locked and never unlocked, so the
+// thread exits with its goroutine); reading it works from anywhere.
+func getInNetns(ns, addr, path string) ([]byte, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("setns %s: %w", ns, err)}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return nil, r.err
+	}
+	defer r.c.Close()
+	r.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(r.c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr); err != nil {
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(r.c), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
 }
 
 var transferRE = regexp.MustCompile(`"msg":"model transfer done".*?"bytes":(\d+).*?"rate_mbit_s":([0-9.]+)`)

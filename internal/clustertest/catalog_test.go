@@ -22,7 +22,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/npumesh/npumesh/internal/coordinator"
 	"github.com/npumesh/npumesh/internal/node"
@@ -45,6 +47,7 @@ type catCluster struct {
 	admin         pb.AdminServiceClient
 	stores        map[string]string // node -> model store dir
 	modelDir      string
+	ca            *pki.CA
 }
 
 func catalogCluster(t *testing.T, quota int64, nodes []catalogNode) *catCluster {
@@ -68,7 +71,7 @@ func catalogCluster(t *testing.T, quota int64, nodes []catalogNode) *catCluster 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := &catCluster{adminDir: adminDir, stores: map[string]string{}, modelDir: filepath.Join(dir, "coord-models")}
+	cc := &catCluster{adminDir: adminDir, stores: map[string]string{}, modelDir: filepath.Join(dir, "coord-models"), ca: ca}
 	co, err := coordinator.New(coordinator.Config{
 		Listen: "127.0.0.1:0", API: "127.0.0.1:0", TLS: cb, Logger: log,
 		ModelDir: cc.modelDir, ModelQuota: quota,
@@ -261,6 +264,33 @@ func TestModelCorruptChunkRefetched(t *testing.T) {
 		t.Errorf("the coordinator sent nothing to %s after the corrupted chunk", second)
 	}
 	t.Logf("%s served %d corrupted chunk(s); %s detected and refetched them", first, corrupted.Load(), second)
+
+	// model rm: the catalog forgets it, nodes unload it and delete its files.
+	if b, err := exec.Command(Binary(t), "model", "rm", "syn", "--coordinator", cc.grpcAddr, "--tls-dir", cc.adminDir).CombinedOutput(); err != nil {
+		t.Fatalf("model rm: %v\n%s", err, b)
+	}
+	if cc.model(t, "syn") != nil {
+		t.Fatal("syn still in the catalog after model rm")
+	}
+	for _, dir := range []string{cc.stores["node-a"], cc.stores["node-b"], cc.modelDir} {
+		if !WaitFor(10*time.Second, func() bool {
+			ents, _ := os.ReadDir(filepath.Join(dir, "blobs"))
+			return len(ents) == 0
+		}) {
+			t.Errorf("%s still holds blobs after model rm", dir)
+		}
+	}
+	if !WaitFor(10*time.Second, func() bool {
+		resp, err := http.Get(cc.api + "/v1/models")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return !strings.Contains(string(b), `"syn"`)
+	}) {
+		t.Error("syn still served after model rm")
+	}
 }
 
 // TestModelQuotaOverflow: a model that does not fit a node's disk quota
@@ -307,4 +337,68 @@ func randomGGUF(t *testing.T, size int) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestNodeToNodeRolePolicy: a node's mTLS port lets another node (a peer
+// pulling a model) call FetchChunks and nothing else.
+func TestNodeToNodeRolePolicy(t *testing.T) {
+	cc := catalogCluster(t, 0, []catalogNode{{name: "node-a"}})
+	resp, err := http.Get(cc.api + "/api/v1/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Nodes []struct{ Name, Address string }
+	}
+	json.NewDecoder(resp.Body).Decode(&v)
+	resp.Body.Close()
+	if len(v.Nodes) != 1 {
+		t.Fatalf("nodes %v", v.Nodes)
+	}
+	peer, _, err := cc.ca.EnsureBundle(filepath.Join(t.TempDir(), "peer"), pki.IssueRequest{Name: "peer", Role: pki.RoleNode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(v.Nodes[0].Address, grpc.WithTransportCredentials(credentials.NewTLS(peer.ClientTLS(pki.Identity{Role: pki.RoleNode, Name: "node-a"}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc := pb.NewNodeServiceClient(conn)
+	fc, err := nc.FetchChunks(ctx, &pb.FetchChunksRequest{Model: "none", Sha256: strings.Repeat("0", 64), Indexes: []uint32{0}})
+	if err == nil {
+		_, err = fc.Recv()
+	}
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("peer FetchChunks: %v, want NotFound (allowed, no such model)", err)
+	}
+	g, err := nc.Generate(ctx, &pb.GenerateRequest{Model: "x", MaxTokens: 1})
+	if err == nil {
+		_, err = g.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("peer Generate: %v, want PermissionDenied", err)
+	}
+	if _, err := nc.Info(ctx, &pb.InfoRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("peer Info: %v, want PermissionDenied", err)
+	}
+	// A client certificate may not fetch chunks.
+	admin, err := pki.LoadBundle(cc.adminDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aconn, err := grpc.NewClient(v.Nodes[0].Address, grpc.WithTransportCredentials(credentials.NewTLS(admin.ClientTLS(pki.Identity{Role: pki.RoleNode, Name: "node-a"}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aconn.Close()
+	fc, err = pb.NewNodeServiceClient(aconn).FetchChunks(ctx, &pb.FetchChunksRequest{Model: "none"})
+	if err == nil {
+		_, err = fc.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("client FetchChunks: %v, want PermissionDenied", err)
+	}
 }

@@ -128,4 +128,19 @@ func TestModelPlacementUp(t *testing.T) {
 			t.Errorf("/api/v1/nodes: %s placements %v, want syn: loaded", third, n.Placements)
 		}
 	}
+
+	// A restart of the whole cluster loses nothing: the catalog comes back
+	// from the coordinator's data dir and the nodes load from their stores.
+	if err := c.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	c2 := Start(t, Options{Nodes: 3, DataDir: c.DataDir})
+	if !WaitFor(60*time.Second, func() bool { return len(loadedOn(modelLS(t, "--data-dir", c.DataDir), "syn")) == 2 }) {
+		t.Fatalf("after a restart: %v", modelLS(t, "--data-dir", c.DataDir))
+	}
+	if strings.Contains(c2.Log.String(), `"model transfer done"`) || strings.Contains(c2.Log.String(), "msg=\"model transfer done\"") {
+		t.Errorf("after a restart a node pulled the model again:\n%s", c2.Log.String())
+	}
+	c = c2
+	serve()
 }

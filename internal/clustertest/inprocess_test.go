@@ -33,6 +33,12 @@ type inProcess struct {
 
 func startInProcess(t *testing.T, nodes int, modelPath string) *inProcess {
 	t.Helper()
+	return startInProcessWith(t, nodes, modelPath, func(int, *node.Config) {})
+}
+
+// startInProcessWith lets the test adjust each node's config (by index).
+func startInProcessWith(t *testing.T, nodes int, modelPath string, adjust func(i int, cfg *node.Config)) *inProcess {
+	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.InitCA(filepath.Join(dir, "ca"))
 	if err != nil {
@@ -74,7 +80,9 @@ func startInProcess(t *testing.T, nodes int, modelPath string) *inProcess {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n, err := node.New(node.Config{Listen: "127.0.0.1:0", Coordinators: []string{grpcAddr.String()}, TLS: nb, Backends: []node.Backend{b}, Logger: log.With("n", name)})
+		cfg := node.Config{Listen: "127.0.0.1:0", Coordinators: []string{grpcAddr.String()}, TLS: nb, Backends: []node.Backend{b}, Logger: log.With("n", name)}
+		adjust(i, &cfg)
+		n, err := node.New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

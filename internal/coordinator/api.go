@@ -86,6 +86,7 @@ type nodeView struct {
 	Served           uint64   `json:"served"`
 	Failed           uint64   `json:"failed"`
 	NodeServedTotal  uint64   `json:"node_served_total"`
+	Circuit          string   `json:"circuit"` // circuit breaker: closed, open or half-open
 	LastSeen         string   `json:"last_seen"`
 	Joined           string   `json:"joined"`
 	// Placements are the catalog models placed on the node and their state.
@@ -124,6 +125,7 @@ func (c *Coordinator) handleNodes(w http.ResponseWriter, r *http.Request) {
 		v.InFlight = m.outstanding.Load()
 		v.Served = m.served.Load()
 		v.Failed = m.failed.Load()
+		v.Circuit = c.rt.breakers.state(m.name, time.Now())
 		views = append(views, v)
 	}
 	// "nodes" are the live ones; "departed" those that left recently (down).

@@ -67,6 +67,9 @@ type catalog struct {
 	observed map[string]map[string]*pb.ModelInfo // node -> model -> last reported
 
 	kick chan struct{} // wakes the placement loop
+	// settle is when placement may start treating absent nodes as gone:
+	// after a coordinator restart the nodes need a moment to register.
+	settle time.Time
 
 	sent, received prometheus.Counter
 	sentByNode     *prometheus.CounterVec
@@ -78,6 +81,7 @@ func (c *Coordinator) initCatalog() error {
 	cat.received = prometheus.NewCounter(prometheus.CounterOpts{Name: "npumesh_model_upload_received_bytes_total", Help: "Verified model chunk bytes uploaded to the coordinator's catalog."})
 	cat.sentByNode = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "npumesh_model_transfer_sent_bytes_by_node_total", Help: "Model chunk bytes the coordinator sent, by pulling node."}, []string{"node"})
 	c.metrics.reg.MustRegister(cat.sent, cat.received, cat.sentByNode, &catalogCollector{c: c})
+	cat.settle = time.Now().Add(c.cfg.NodeTimeout)
 	c.cat = cat
 	if c.cfg.ModelDir == "" {
 		return nil // no catalog: model add is refused
@@ -161,7 +165,7 @@ func manifestToProto(m *modelstore.Manifest) *pb.ModelManifest {
 	return out
 }
 
-// ManifestFromProto converts a wire manifest; callers validate it.
+// manifestFromProto converts a wire manifest; callers validate it.
 func manifestFromProto(p *pb.ModelManifest) *modelstore.Manifest {
 	m := &modelstore.Manifest{Name: p.GetName(), Format: p.GetFormat(), ChunkSize: p.GetChunkSize()}
 	for _, f := range p.GetFiles() {
@@ -464,21 +468,29 @@ func (s *controlService) FetchChunks(req *pb.FetchChunksRequest, stream grpc.Ser
 		return status.Errorf(codes.NotFound, "model %s has no file %s", req.GetModel(), req.GetSha256())
 	}
 	sent := c.cat.sentByNode.WithLabelValues(node)
-	return SendChunks(stream, c.cat.store, *file, e.manifest.ChunkSize, req.GetIndexes(), func(n int) {
+	if fo := req.GetFirstOffset(); fo < 0 || fo >= e.manifest.ChunkSize {
+		return status.Errorf(codes.InvalidArgument, "first_offset %d outside a chunk", fo)
+	}
+	return sendChunks(stream, c.cat.store, *file, e.manifest.ChunkSize, req.GetIndexes(), req.GetFirstOffset(), func(n int) {
 		c.cat.sent.Add(float64(n))
 		sent.Add(float64(n))
 	})
 }
 
-// SendChunks streams the given chunks of a stored file in pieces.
-func SendChunks(stream interface{ Send(*pb.ChunkData) error }, st *modelstore.Store, f modelstore.File, chunkSize int64, idx []uint32, sent func(int)) error {
+// sendChunks streams the given chunks of a stored file in pieces.
+// The first chunk starts at firstOffset.
+func sendChunks(stream interface{ Send(*pb.ChunkData) error }, st *modelstore.Store, f modelstore.File, chunkSize int64, idx []uint32, firstOffset int64, sent func(int)) error {
 	buf := make([]byte, chunkSize)
-	for _, i := range idx {
+	for k, i := range idx {
 		data, err := st.ReadChunk(f.SHA256, f.Size, chunkSize, int(i), buf)
 		if err != nil {
 			return status.Errorf(codes.NotFound, "read chunk %d of %s: %v", i, f.Name, err)
 		}
-		for off := 0; off < len(data); off += pieceSize {
+		first := 0
+		if k == 0 {
+			first = int(min(firstOffset, int64(len(data))))
+		}
+		for off := first; off < len(data); off += pieceSize {
 			end := min(off+pieceSize, len(data))
 			if err := stream.Send(&pb.ChunkData{Sha256: f.SHA256, Index: i, Offset: int64(off), Data: data[off:end]}); err != nil {
 				return err

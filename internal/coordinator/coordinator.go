@@ -100,6 +100,11 @@ type Config struct {
 	ModelDir string
 	// ModelQuota bounds the bytes of the catalog's files (0: none).
 	ModelQuota int64
+
+	// Etcd, when set, joins this coordinator to the others of the cluster
+	// through etcd (leader.go): shared live-node view, leader election for
+	// the singleton tasks. Store should then be an EtcdStore.
+	Etcd *EtcdRegistry
 }
 
 // Coordinator is a running coordinator.
@@ -121,6 +126,7 @@ type Coordinator struct {
 	recent  recentStats
 	rt      *routing
 	cat     *catalog // the model catalog and placement (catalog.go)
+	ha      *ha      // the etcd registry (leader.go); nil for a lone coordinator
 }
 
 // New validates cfg. Nothing listens until Listen.
@@ -172,6 +178,10 @@ func New(cfg Config) (*Coordinator, error) {
 		created: time.Now().Unix(),
 		certs:   pki.NewReloadable(cfg.TLS),
 		store:   cfg.Store,
+		ha:      newHA(cfg.Etcd),
+	}
+	if c.ha != nil && c.ha.cfg.ID == "" {
+		c.ha.cfg.ID = cfg.Listen
 	}
 	c.conns = &connTracker{c: c, conns: map[string]map[*trackedConn]bool{}}
 	st, err := cfg.Store.Load(context.Background())
@@ -302,7 +312,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	rctx, stopReap := context.WithCancel(ctx)
 	go func() { defer wg.Done(); c.reg.reap(rctx) }()
 	wg.Add(1)
-	go func() { defer wg.Done(); c.placeLoop(rctx) }()
+	go func() { defer wg.Done(); c.runSingletons(rctx) }() // placement etc.: on the leader only (leader.go)
 	var es *grpc.Server
 	if c.enrollLn != nil {
 		es = grpc.NewServer(

@@ -88,6 +88,9 @@ func compatible(c candidate, m *modelstore.Manifest) string {
 
 func (c *Coordinator) place() {
 	cat := c.cat
+	if time.Now().Before(cat.settle) {
+		return
+	}
 	live := map[string]*candidate{}
 	var order []string
 	for _, m := range c.reg.list() {

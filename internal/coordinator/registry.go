@@ -324,9 +324,9 @@ func (s *controlService) Heartbeat(stream grpc.BidiStreamingServer[pb.HeartbeatR
 		if hb.Telemetry != nil {
 			m.telemetry = hb.GetTelemetry()
 		}
-		if hb.Models != nil {
-			m.models = modelMap(hb.GetModels())
-		}
+		// Every heartbeat carries the node's whole model list, so an empty
+		// one means it serves nothing now (its last catalog model removed).
+		m.models = modelMap(hb.GetModels())
 		m.mu.Unlock()
 		s.c.cacheEvents(id.Name, hb.GetCacheEvents())
 		s.c.observeModels(id.Name, hb.GetModels())

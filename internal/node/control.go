@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,10 +21,17 @@ import (
 // going until ctx ends, reconnecting (to the next coordinator in the list)
 // with backoff when the stream breaks. A coordinator restart therefore needs
 // no manual step on the node.
+//
+// With several coordinators (static seeds), a broken session moves on to
+// the next seed at once; only a whole round of failed seeds waits, with a
+// backoff growing to 5 s, so a dead coordinator costs one connection
+// attempt, not a backoff.
 func (n *Node) controlLoop(ctx context.Context) {
 	backoff := 200 * time.Millisecond
+	seeds := len(n.cfg.Coordinators)
+	failed := 0 // consecutive failed seeds in this round
 	for i := 0; ctx.Err() == nil; i++ {
-		addr := n.cfg.Coordinators[i%len(n.cfg.Coordinators)]
+		addr := n.cfg.Coordinators[i%seeds]
 		start := time.Now()
 		err := n.session(ctx, addr)
 		if ctx.Err() != nil {
@@ -31,16 +39,27 @@ func (n *Node) controlLoop(ctx context.Context) {
 		}
 		if time.Since(start) > 10*time.Second {
 			backoff = 200 * time.Millisecond // it was a healthy session
+			failed = 0
 		}
-		n.log.Warn("coordinator session ended; reconnecting", "coordinator", addr, "err", err, "retry_in", backoff)
+		failed++
+		wait := 50 * time.Millisecond
+		if failed >= seeds {
+			wait, failed = backoff, 0
+			backoff = min(backoff*2, 5*time.Second)
+		}
+		next := n.cfg.Coordinators[(i+1)%seeds]
+		n.log.Warn("coordinator session ended; reconnecting", "coordinator", addr, "err", err, "next", next, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
+
+// registerTimeout bounds one Register call, so an unreachable seed costs
+// little before the next is tried.
+const registerTimeout = 5 * time.Second
 
 // session is one registration plus heartbeat stream with one coordinator.
 func (n *Node) session(ctx context.Context, addr string) error {
@@ -58,7 +77,7 @@ func (n *Node) session(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	resp, err := client.Register(rctx, &pb.RegisterRequest{Info: n.info(advertise)})
 	cancel()
 	if err != nil {
@@ -77,14 +96,20 @@ func (n *Node) session(ctx context.Context, addr string) error {
 		return fmt.Errorf("open heartbeat stream: %w", err)
 	}
 	recvErr := make(chan error, 1)
+	var lastAck atomic.Int64 // unix nanoseconds of the newest ack
+	lastAck.Store(time.Now().UnixNano())
 	go func() {
 		for {
 			if _, err := hb.Recv(); err != nil {
 				recvErr <- err
 				return
 			}
+			lastAck.Store(time.Now().UnixNano())
 		}
 	}()
+	// A coordinator that stops acking (hung, or its host gone without a
+	// TCP reset) ends the session well before gRPC keepalive would.
+	silentLimit := 3*interval + 2*time.Second
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	drain := n.drainStarted
@@ -123,6 +148,9 @@ func (n *Node) session(ctx context.Context, addr string) error {
 			drain = nil // report once, right away
 		case <-n.availChanged:
 		case <-t.C:
+		}
+		if silent := time.Since(time.Unix(0, lastAck.Load())); silent > silentLimit {
+			return fmt.Errorf("coordinator %s acknowledged no heartbeat for %s", addr, silent.Round(time.Millisecond))
 		}
 	}
 }

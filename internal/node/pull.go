@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -226,6 +227,11 @@ func (p *puller) conn(node, addr string) (*grpc.ClientConn, error) {
 	c, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(p.n.certs.ClientTLS(want))),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+		// Fixed flow-control windows bound what a broken transfer loses
+		// (bytes sent but never received) to about one window; 1 MiB is
+		// far above a LAN's bandwidth-delay product.
+		grpc.WithInitialWindowSize(pullWindow),
+		grpc.WithInitialConnWindowSize(pullWindow),
 	)
 	if err != nil {
 		return nil, err
@@ -328,7 +334,11 @@ func (p *puller) run(ctx context.Context, s *pullState, sources []*pb.ChunkSourc
 	}
 	if err != nil {
 		s.state, s.reason = "failed", err.Error()
-		if !errors.Is(err, modelstore.ErrQuota) && !errors.Is(err, errNoEngine) {
+		switch {
+		case errors.Is(err, errNoEngine): // retrying cannot help
+		case errors.Is(err, modelstore.ErrQuota):
+			s.retryAt = time.Now().Add(30 * time.Second) // other models may have gone
+		default:
 			s.retryAt = time.Now().Add(5 * time.Second)
 		}
 		log.Warn("model pull failed", "err", err)
@@ -339,6 +349,9 @@ func (p *puller) run(ctx context.Context, s *pullState, sources []*pb.ChunkSourc
 }
 
 var errNoEngine = errors.New("no engine for this model format")
+
+// pullWindow is the HTTP/2 flow-control window of pull connections.
+const pullWindow = 1 << 20
 
 func (p *puller) pullAndLoad(ctx context.Context, s *pullState, sources []*pb.ChunkSource, coord string) (Backend, error) {
 	m := s.manifest
@@ -464,6 +477,10 @@ func (p *puller) pullFile(ctx context.Context, s *pullState, f modelstore.File, 
 	}
 	banned := map[string]time.Time{}
 	failures := 0
+	var pending *partialChunk
+	if i, data, ok := w.PendingPiece(); ok {
+		pending = &partialChunk{index: i, data: data, src: "disk"}
+	}
 	for {
 		missing := w.Missing()
 		if len(missing) == 0 {
@@ -487,12 +504,24 @@ func (p *puller) pullFile(ctx context.Context, s *pullState, f modelstore.File, 
 			clear(banned)
 			continue
 		}
+		if pending != nil {
+			// The interrupted chunk goes first, continued where it broke.
+			if k := slices.Index(missing, pending.index); k > 0 {
+				missing = append(append([]int{pending.index}, missing[:k]...), missing[k+1:]...)
+			} else if k < 0 {
+				pending = nil
+			}
+		}
 		batch := missing[:min(len(missing), p.cfg.BatchChunks)]
-		got, dur, err := p.fetch(ctx, s, w, f, src, batch)
+		got, dur, err := p.fetch(ctx, s, w, f, src, batch, &pending)
 		p.measure(src, got, dur)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if errors.Is(err, errMixedMismatch) {
+				p.n.log.Warn("a chunk continued from an earlier transfer did not verify; fetching it whole", "model", m.Name, "err", err)
+				continue
 			}
 			if errors.Is(err, modelstore.ErrChunkMismatch) {
 				p.corrupt.WithLabelValues(src.key()).Inc()
@@ -511,8 +540,31 @@ func (p *puller) pullFile(ctx context.Context, s *pullState, f modelstore.File, 
 	return w.Commit()
 }
 
-// fetch asks src for the batch and writes what verifies.
-func (p *puller) fetch(ctx context.Context, s *pullState, w *modelstore.Writer, f modelstore.File, src source, batch []int) (int64, time.Duration, error) {
+// partialChunk is the received start of a chunk whose transfer broke; the
+// next request continues it (FetchChunksRequest.first_offset).
+type partialChunk struct {
+	index int
+	data  []byte
+	// src is where the bytes came from; a chunk continued from another
+	// source that fails verification blames neither.
+	src string
+}
+
+// errMixedMismatch: a chunk assembled from two sources did not verify.
+var errMixedMismatch = errors.New("a chunk continued from another source did not verify")
+
+type verifyItem struct {
+	index int
+	data  []byte
+	mixed bool
+}
+
+// fetch asks src for the batch. Pieces are written to the partial file as
+// they arrive (so an interruption loses at most the flow-control window)
+// while another goroutine verifies complete chunks, so hashing never
+// stalls the stream. pending, when it holds the batch's first chunk,
+// is continued from its end and updated when the stream breaks mid-chunk.
+func (p *puller) fetch(ctx context.Context, s *pullState, w *modelstore.Writer, f modelstore.File, src source, batch []int, pending **partialChunk) (int64, time.Duration, error) {
 	m := s.manifest
 	cc, err := p.conn(src.node, src.addr)
 	if err != nil {
@@ -522,6 +574,20 @@ func (p *puller) fetch(ctx context.Context, s *pullState, w *modelstore.Writer, 
 	for _, i := range batch {
 		req.Indexes = append(req.Indexes, uint32(i))
 	}
+	var cur *partialChunk
+	if pc := *pending; pc != nil && pc.index == batch[0] {
+		req.FirstOffset = int64(len(pc.data))
+		cur = pc
+	}
+	*pending = nil
+	var verr error
+	defer func() {
+		// Keep a chunk cut off mid-way for the next attempt, unless what
+		// arrived failed verification.
+		if verr == nil && cur != nil && len(cur.data) > 0 {
+			*pending = cur
+		}
+	}()
 	// A stalled source (a cut link) must not hang the pull: the deadline
 	// allows 1 MB/s at worst.
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second+time.Duration(int64(len(batch))*m.ChunkSize/(1<<20))*time.Second)
@@ -536,59 +602,102 @@ func (p *puller) fetch(ctx context.Context, s *pullState, w *modelstore.Writer, 
 	if err != nil {
 		return 0, 0, err
 	}
-	asm := &chunkAssembler{}
-	var got int64
+
+	verify := make(chan verifyItem, 2)
+	free := make(chan []byte, 4)
+	vdone := make(chan struct{})
+	go func() {
+		defer close(vdone)
+		for it := range verify {
+			if verr != nil {
+				continue
+			}
+			if err := w.VerifyChunk(it.index, it.data); err != nil {
+				verr = err
+				if it.mixed && errors.Is(err, modelstore.ErrChunkMismatch) {
+					verr = fmt.Errorf("%w: %v", errMixedMismatch, err)
+				}
+				cancel()
+				continue
+			}
+			n := int64(len(it.data))
+			p.recvBytes.WithLabelValues(src.key()).Add(float64(n))
+			p.mu.Lock()
+			s.done += n
+			if s.bySource == nil {
+				s.bySource = map[string]int64{}
+			}
+			s.bySource[src.key()] += n
+			p.mu.Unlock()
+			select {
+			case free <- it.data[:0]:
+			default:
+			}
+		}
+	}()
+	newBuf := func() []byte {
+		select {
+		case b := <-free:
+			return b
+		default:
+			return make([]byte, 0, m.ChunkSize)
+		}
+	}
+	var received int64
+	next := 0 // position in batch of the chunk expected next
+	if cur != nil {
+		next = 1
+	}
+	var rerr error
 	for {
 		ch, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return got, time.Since(start), err
+			rerr = err
+			break
 		}
-		if ch.GetSha256() != f.SHA256 || int(ch.GetIndex()) >= len(f.Chunks) {
-			return got, time.Since(start), fmt.Errorf("source sent a chunk of another file")
+		idx, off := int(ch.GetIndex()), ch.GetOffset()
+		if ch.GetSha256() != f.SHA256 || idx >= len(f.Chunks) {
+			rerr = fmt.Errorf("source sent a chunk of another file")
+			break
 		}
-		data, ok, err := asm.add(ch, m.ChunkLen(f, int(ch.GetIndex())))
-		if err != nil {
-			return got, time.Since(start), err
+		if cur == nil {
+			if next >= len(batch) || idx != batch[next] || off != 0 {
+				rerr = fmt.Errorf("source sent chunk %d at %d out of order", idx, off)
+				break
+			}
+			next++
+			cur = &partialChunk{index: idx, data: newBuf(), src: src.key()}
+		} else if idx != cur.index || off != int64(len(cur.data)) {
+			rerr = fmt.Errorf("source sent chunk %d at %d out of order", idx, off)
+			break
 		}
-		if !ok {
-			continue
+		if err := w.WritePiece(idx, off, ch.GetData()); err != nil {
+			rerr = err
+			break
 		}
-		if err := w.WriteChunk(int(ch.GetIndex()), data); err != nil {
-			return got, time.Since(start), err
+		cur.data = append(cur.data, ch.GetData()...)
+		received += int64(len(ch.GetData()))
+		if int64(len(cur.data)) == m.ChunkLen(f, idx) {
+			verify <- verifyItem{index: idx, data: cur.data, mixed: cur.src != src.key()}
+			cur = nil
 		}
-		got += int64(len(data))
-		p.recvBytes.WithLabelValues(src.key()).Add(float64(len(data)))
-		p.mu.Lock()
-		s.done += int64(len(data))
-		if s.bySource == nil {
-			s.bySource = map[string]int64{}
-		}
-		s.bySource[src.key()] += int64(len(data))
-		p.mu.Unlock()
 	}
-	return got, time.Since(start), nil
-}
-
-// chunkAssembler joins ChunkData pieces (in order) into whole chunks.
-type chunkAssembler struct {
-	buf   []byte
-	index uint32
-}
-
-func (a *chunkAssembler) add(ch *pb.ChunkData, want int64) ([]byte, bool, error) {
-	if ch.GetOffset() == 0 {
-		a.buf, a.index = a.buf[:0], ch.GetIndex()
-	} else if ch.GetIndex() != a.index || ch.GetOffset() != int64(len(a.buf)) {
-		return nil, false, fmt.Errorf("chunk %d: piece at offset %d out of order", ch.GetIndex(), ch.GetOffset())
+	close(verify)
+	<-vdone
+	dur := time.Since(start)
+	if verr != nil {
+		return received, dur, verr
 	}
-	a.buf = append(a.buf, ch.GetData()...)
-	if int64(len(a.buf)) > want {
-		return nil, false, fmt.Errorf("chunk %d: %d bytes, want %d: %w", ch.GetIndex(), len(a.buf), want, modelstore.ErrChunkMismatch)
+	if rerr != nil {
+		return received, dur, rerr // cur, if any, is kept by the deferred func
 	}
-	return a.buf, int64(len(a.buf)) == want, nil
+	if cur != nil || next < len(batch) {
+		return received, dur, fmt.Errorf("source ended the stream early")
+	}
+	return received, dur, nil
 }
 
 // FetchChunks implements pb.NodeServiceServer: chunks of a model this node
@@ -619,7 +728,7 @@ func (s *nodeService) FetchChunks(req *pb.FetchChunksRequest, stream grpc.Server
 	}
 	const piece = 1 << 20
 	buf := make([]byte, m.ChunkSize)
-	for _, i := range req.GetIndexes() {
+	for k, i := range req.GetIndexes() {
 		data, err := p.store.ReadChunk(f.SHA256, f.Size, m.ChunkSize, int(i), buf)
 		if err != nil {
 			return status.Errorf(codes.NotFound, "chunk %d: %v", i, err)
@@ -627,7 +736,15 @@ func (s *nodeService) FetchChunks(req *pb.FetchChunksRequest, stream grpc.Server
 		if p.cfg.ServeHook != nil {
 			data = p.cfg.ServeHook(f.SHA256, int(i), data)
 		}
-		for off := 0; off < len(data); off += piece {
+		first := 0
+		if k == 0 {
+			fo := req.GetFirstOffset()
+			if fo < 0 || fo >= int64(len(data)) {
+				return status.Errorf(codes.InvalidArgument, "first_offset %d outside chunk %d", fo, i)
+			}
+			first = int(fo)
+		}
+		for off := first; off < len(data); off += piece {
 			end := min(off+piece, len(data))
 			if err := stream.Send(&pb.ChunkData{Sha256: f.SHA256, Index: i, Offset: int64(off), Data: data[off:end]}); err != nil {
 				return err

@@ -371,10 +371,10 @@ func (r *Router) Pick(req Request, cands []Candidate) (Decision, error) {
 // candidates: a decision among a thousand nodes must stay within
 // microseconds.
 func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error) {
-	var pm *prefixMatch
+	var pm prefixMatch
+	havePM := false
 	if p.w.Prefix > 0 && len(req.Hashes) > 0 {
-		pm = r.index.prepare(req, int(r.maxID.Load()))
-		if pm != nil {
+		if pm, havePM = r.index.prepare(req, int(r.maxID.Load())); havePM {
 			defer pm.release()
 		}
 	}
@@ -408,16 +408,24 @@ func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error
 			continue
 		}
 		blocks := 0
-		if pm != nil {
+		if havePM {
 			blocks = pm.blocks(int(c.ID))
 		}
-		s := wp*float64(blocks) - wq*float64(max(c.Outstanding, c.QueueDepth))
+		s := wp * float64(blocks)
 		if wc > 0 {
+			// A capability-aware policy counts queued work in time, not in
+			// requests: the wait behind L requests plus this one is (L+1)
+			// divided by the node's speed, and a throttling node runs at a
+			// fraction of its speed. So a hot node gets work only when the
+			// cool ones are several requests busier.
+			s -= wq * float64(load(c)+1) / speedFactor(c, invMean)
 			s += wc * capability(c, invMean)
 			if c.DecodeTokS > 0 {
 				sum += float64(c.DecodeTokS)
 				known++
 			}
+		} else {
+			s -= wq * float64(load(c))
 		}
 		switch {
 		case s > bestScore:
@@ -436,7 +444,7 @@ func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error
 	if best < 0 {
 		return Decision{}, &ErrNoCandidate{Full: full}
 	}
-	if pm == nil {
+	if !havePM {
 		bestBlocks = r.index.matchOne(req, int(cands[best].ID))
 	}
 	return Decision{Index: best, PrefixBlocks: bestBlocks}, nil
@@ -465,6 +473,23 @@ func capability(c *Candidate, invMean float64) float64 {
 		s *= 0.5
 	}
 	return s
+}
+
+// speedFactor is a node's speed relative to the mean (unknown counts as
+// average), clamped to [0.25, 2], times its thermal slowdown: a quarter when
+// it reports throttling, a half above 85 °C.
+func speedFactor(c *Candidate, invMean float64) float64 {
+	rel := 1.0
+	if c.DecodeTokS > 0 && invMean > 0 {
+		rel = min(max(float64(c.DecodeTokS)*invMean, 0.25), 2)
+	}
+	switch {
+	case c.Throttling:
+		rel *= 0.25
+	case c.MaxTempC > 85:
+		rel *= 0.5
+	}
+	return rel
 }
 
 // meanSpeed returns the mean of the known decode speeds, 0 when none is known.

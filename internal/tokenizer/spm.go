@@ -391,6 +391,11 @@ func (t *SPM) EOS() int32 { return t.cfg.EOS }
 // VocabSize is the number of tokens.
 func (t *SPM) VocabSize() int { return len(t.cfg.Tokens) }
 
+// Config returns the configuration t was built from, so that another
+// process (the coordinator's router) can build the same tokenizer with
+// NewSPM. Its slices are shared: do not modify them.
+func (t *SPM) Config() SPMConfig { return t.cfg }
+
 // Token returns the piece of id as stored in the vocabulary ("▁the", "<0x0A>").
 func (t *SPM) Token(id int32) string {
 	if id < 0 || int(id) >= len(t.cfg.Tokens) {

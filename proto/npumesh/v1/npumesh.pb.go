@@ -2921,10 +2921,13 @@ func (x *ModelManifest) GetFiles() []*ModelFile {
 }
 
 type FetchChunksRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Indexes       []uint32               `protobuf:"varint,3,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Model   string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Sha256  string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Indexes []uint32               `protobuf:"varint,3,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	// The first index is sent from this offset within its chunk: the puller
+	// kept the bytes before it from an interrupted transfer.
+	FirstOffset   int64 `protobuf:"varint,4,opt,name=first_offset,json=firstOffset,proto3" json:"first_offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2978,6 +2981,13 @@ func (x *FetchChunksRequest) GetIndexes() []uint32 {
 		return x.Indexes
 	}
 	return nil
+}
+
+func (x *FetchChunksRequest) GetFirstOffset() int64 {
+	if x != nil {
+		return x.FirstOffset
+	}
+	return 0
 }
 
 // ChunkData is a piece of one chunk (chunks travel in pieces of at most
@@ -4055,11 +4065,12 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x06format\x18\x02 \x01(\tR\x06format\x12\x1d\n" +
 	"\n" +
 	"chunk_size\x18\x03 \x01(\x03R\tchunkSize\x12+\n" +
-	"\x05files\x18\x04 \x03(\v2\x15.npumesh.v1.ModelFileR\x05files\"\\\n" +
+	"\x05files\x18\x04 \x03(\v2\x15.npumesh.v1.ModelFileR\x05files\"\x7f\n" +
 	"\x12FetchChunksRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x18\n" +
-	"\aindexes\x18\x03 \x03(\rR\aindexes\"e\n" +
+	"\aindexes\x18\x03 \x03(\rR\aindexes\x12!\n" +
+	"\ffirst_offset\x18\x04 \x01(\x03R\vfirstOffset\"e\n" +
 	"\tChunkData\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x16\n" +
