@@ -95,6 +95,7 @@ type Node struct {
 	sampler  *accel.Sampler
 	metrics  *nodeMetrics
 	cache    cacheEvents // KV-cache events waiting for the next heartbeat
+	speed    speeds      // measured decode speed per model
 	pull     *puller     // catalog model pulls; nil without Config.Pull
 }
 
@@ -300,6 +301,7 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 			State:         state,
 			Quantization:  i.Quantization,
 			KvBlockSize:   int32(i.BlockSize),
+			DecodeTokS:    n.speed.get(i.ID),
 		})
 	}
 	return append(out, n.pulledModelInfos()...)
@@ -384,7 +386,13 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	}
 	log := n.log.With("request_id", req.GetRequestId(), "model", req.GetModel())
 	start := time.Now()
+	var firstTok, lastTok time.Time
 	res, err := b.Generate(stream.Context(), breq, func(d engine.Delta) error {
+		now := time.Now()
+		if firstTok.IsZero() {
+			firstTok = now
+		}
+		lastTok = now
 		return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Delta{Delta: &pb.TokenDelta{Ids: d.IDs, Text: d.Text}}})
 	})
 	if err != nil {
@@ -394,6 +402,7 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 		return st
 	}
 	n.served.Add(1)
+	n.speed.observe(req.GetModel(), res.CompletionTokens, firstTok, lastTok)
 	n.metrics.requests.WithLabelValues(req.GetModel(), "ok").Inc()
 	n.metrics.promptToks.WithLabelValues(req.GetModel()).Add(float64(res.PromptTokens))
 	n.metrics.outToks.WithLabelValues(req.GetModel()).Add(float64(res.CompletionTokens))
