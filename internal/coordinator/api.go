@@ -146,6 +146,9 @@ func (c *Coordinator) prepare(w http.ResponseWriter, req *openai.Request) (*pb.G
 		if len(c.reg.list()) == 0 {
 			return nil, "", openai.ErrUnavailable("no node is registered with the coordinator")
 		}
+		if states := c.reg.unservable(req.Model); len(states) > 0 {
+			return nil, "", openai.ErrUnavailable("model " + req.Model + " cannot be served right now (" + strings.Join(states, ", ") + "); retry shortly")
+		}
 		return nil, "", openai.ErrModelNotFound(req.Model)
 	}
 	ctxLen := int(mi.GetContextLength())

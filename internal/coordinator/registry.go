@@ -45,8 +45,11 @@ type member struct {
 	models    map[string]*pb.ModelInfo
 	load      *pb.NodeLoad
 	telemetry *pb.Telemetry
-	lastSeen  time.Time
-	draining  bool
+	// reported is every model the node listed, in any state; models holds
+	// only the servable ("loaded") ones.
+	reported []*pb.ModelInfo
+	lastSeen time.Time
+	draining bool
 }
 
 // acquire counts one more request on m.
@@ -120,7 +123,7 @@ func (r *registry) add(name string, info *pb.NodeInfo) (*member, error) {
 	now := time.Now()
 	m := &member{
 		name: name, addr: addr, conn: conn, client: pb.NewNodeServiceClient(conn), joined: now,
-		info: info, models: modelMap(info.GetModels()), lastSeen: now, telemetry: info.GetTelemetry(),
+		info: info, models: modelMap(info.GetModels()), reported: info.GetModels(), lastSeen: now, telemetry: info.GetTelemetry(),
 	}
 	r.mu.Lock()
 	r.nextSes++
@@ -242,6 +245,22 @@ func (r *registry) closeAll() {
 	}
 }
 
+// unservable tells a model that nodes hold but cannot serve now (an
+// upstream runtime restarting, a pull in progress) from one nobody has: the
+// first is a 503 to retry, the second a 404.
+func (r *registry) unservable(model string) (states []string) {
+	for _, m := range r.list() {
+		m.mu.Lock()
+		for _, mi := range m.reported {
+			if mi.GetId() == model && mi.GetState() != "" && mi.GetState() != "loaded" {
+				states = append(states, m.name+": "+mi.GetState())
+			}
+		}
+		m.mu.Unlock()
+	}
+	return states
+}
+
 func modelMap(ms []*pb.ModelInfo) map[string]*pb.ModelInfo {
 	out := make(map[string]*pb.ModelInfo, len(ms))
 	for _, m := range ms {
@@ -327,6 +346,7 @@ func (s *controlService) Heartbeat(stream grpc.BidiStreamingServer[pb.HeartbeatR
 		// Every heartbeat carries the node's whole model list, so an empty
 		// one means it serves nothing now (its last catalog model removed).
 		m.models = modelMap(hb.GetModels())
+		m.reported = hb.GetModels()
 		m.mu.Unlock()
 		s.c.cacheEvents(id.Name, hb.GetCacheEvents())
 		s.c.observeModels(id.Name, hb.GetModels())

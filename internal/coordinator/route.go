@@ -191,6 +191,9 @@ func (c *Coordinator) pick(rr *routeReq, tried map[string]bool) (*member, *opena
 		})
 	}
 	if len(holders) == 0 {
+		if states := c.reg.unservable(model); len(states) > 0 {
+			return nil, openai.ErrUnavailable("model " + model + " cannot be served right now (" + strings.Join(states, ", ") + "); retry shortly")
+		}
 		return nil, openai.ErrModelNotFound(model)
 	}
 	d, err := c.rt.router.Pick(rr.r, cands)
