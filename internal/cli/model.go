@@ -7,12 +7,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kernels"
 	"github.com/npumesh/npumesh/internal/synth"
 )
 
 func newModelCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "model", Short: "Work with model files", Args: cobra.NoArgs}
 	cmd.AddCommand(newModelSynthCmd(g))
+	cmd.AddCommand(newModelCatalogCmds(g)...)
 	return cmd
 }
 
@@ -77,11 +79,25 @@ func parseWeightType(s string) (gguf.Type, error) {
 	return 0, fmt.Errorf("unknown weight type %q: use f32, f16, bf16, q8_0, q4_0 or q4_K", s)
 }
 
-// quantizerFor returns the quantizer for typ, nil for float types.
+// quantizerFor returns the quantizer for typ (kernels.Quantize, row by
+// row), nil for float types.
 func quantizerFor(typ gguf.Type) (synth.Quantizer, error) {
 	switch typ {
 	case gguf.TypeF32, gguf.TypeF16, gguf.TypeBF16:
 		return nil, nil
 	}
-	return nil, fmt.Errorf("weight type %s needs the quantized kernels, which are not built in yet; use f32 or f16", typ)
+	if !kernels.CanQuantize(typ) {
+		return nil, fmt.Errorf("weight type %s cannot be written yet; use f32, f16, bf16, q8_0, q4_0 or q4_K", typ)
+	}
+	return func(typ gguf.Type, src []float32) ([]byte, error) {
+		n, err := kernels.RowSize(typ, len(src))
+		if err != nil {
+			return nil, err
+		}
+		dst := make([]byte, n)
+		if err := kernels.Quantize(dst, src, typ); err != nil {
+			return nil, err
+		}
+		return dst, nil
+	}, nil
 }

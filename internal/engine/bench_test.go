@@ -2,88 +2,113 @@ package engine
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
 
+	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kernels"
 	"github.com/npumesh/npumesh/internal/kvcache"
 )
 
-func randMatrix(rows, cols int, f16 bool) matrix {
+// randMatrix is a rows×cols matrix of typ with values in [-0.5, 0.5).
+func randMatrix(t testing.TB, rows, cols int, typ gguf.Type) matrix {
 	r := rand.New(rand.NewPCG(1, 2))
-	m := matrix{rows: rows, cols: cols}
-	if f16 {
-		m.f16 = make([]uint16, rows*cols)
-		for i := range m.f16 {
-			m.f16[i] = f32ToF16(r.Float32() - 0.5)
+	vals := make([]float32, rows*cols)
+	for i := range vals {
+		vals[i] = r.Float32() - 0.5
+	}
+	rb, err := kernels.RowSize(typ, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, rows*rb)
+	if typ == gguf.TypeBF16 {
+		for i, v := range vals {
+			binary.LittleEndian.PutUint16(data[2*i:], uint16(math.Float32bits(v)>>16))
 		}
 	} else {
-		m.f32 = make([]float32, rows*cols)
-		for i := range m.f32 {
-			m.f32[i] = r.Float32() - 0.5
+		for row := range rows {
+			if err := kernels.Quantize(data[row*rb:(row+1)*rb], vals[row*cols:(row+1)*cols], typ); err != nil {
+				t.Fatal(err)
+			}
 		}
+	}
+	m, err := newMatrix("rand", typ, data, cols, rows)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
 }
 
-// The threaded product equals the single-threaded one exactly: each row is
-// summed by one goroutine in the same order.
-func TestMatVecThreads(t *testing.T) {
-	for _, f16 := range []bool{false, true} {
-		m := randMatrix(301, 512, f16) // above parallelMin, rows not a multiple of threads
-		x := make([]float32, m.cols)
-		for i := range x {
-			x[i] = float32(i%11) - 5
-		}
-		want := make([]float32, m.rows)
-		m.rowsDot(want, x, 0, m.rows)
-		for _, threads := range []int{1, 2, 3, 8} {
-			got := make([]float32, m.rows)
-			matVec(got, &m, x, threads)
-			for i := range got {
-				if got[i] != want[i] {
-					t.Fatalf("f16 %v, threads %d: row %d got %v, want %v", f16, threads, i, got[i], want[i])
+var matrixTypes = []gguf.Type{gguf.TypeF32, gguf.TypeF16, gguf.TypeBF16, gguf.TypeQ8_0, gguf.TypeQ4_0, gguf.TypeQ4_K, gguf.TypeQ6_K}
+
+// The engine's products give every row the same value whatever the thread
+// count and the batch: a sequence's logits never depend on its batch
+// mates (the batching tests rely on it for greedy equality).
+func TestMatmulBatchExact(t *testing.T) {
+	for _, typ := range matrixTypes {
+		t.Run(typ.String(), func(t *testing.T) {
+			m := randMatrix(t, 301, 512, typ) // rows not a multiple of threads
+			const n = 8
+			x := make([]float32, n*m.cols)
+			for i := range x {
+				x[i] = float32(i%11) - 5 + float32(i/m.cols)*0.25
+			}
+			want := make([]float32, n*m.rows)
+			for j := range n {
+				matmulBatch(want[j*m.rows:], &m, x[j*m.cols:], 1, nil)
+			}
+			for _, threads := range []int{1, 2, 3} {
+				pool := kernels.NewPool(threads)
+				got := make([]float32, n*m.rows)
+				matmulBatch(got, &m, x, n, pool)
+				pool.Close()
+				for i := range got {
+					if got[i] != want[i] {
+						t.Fatalf("threads %d: element %d got %v, want %v (alone)", threads, i, got[i], want[i])
+					}
 				}
 			}
-		}
-		// And close to a float64 reference.
-		for r := range m.rows {
-			var ref float64
+			// And close to a float64 product with the dequantized weights
+			// (the activations' 8-bit rounding bounds the difference).
 			row := make([]float32, m.cols)
-			m.row(row, r)
-			for i, w := range row {
-				ref += float64(w) * float64(x[i])
+			for r := range m.rows {
+				m.row(row, r)
+				var ref, mag float64
+				for i, w := range row {
+					ref += float64(w) * float64(x[i])
+					mag += math.Abs(float64(w) * float64(x[i]))
+				}
+				if d := math.Abs(ref - float64(want[r])); d > 1e-5*mag+mag/127 {
+					t.Fatalf("row %d: got %v, want %v", r, want[r], ref)
+				}
 			}
-			if d := ref - float64(want[r]); d > 1e-3 || d < -1e-3 {
-				t.Fatalf("row %d: got %v, want %v", r, want[r], ref)
-			}
-		}
+		})
 	}
 }
 
 func BenchmarkMatVec(b *testing.B) {
-	for _, size := range []int{64, 1024, 4096} {
-		for _, f16 := range []bool{false, true} {
+	for _, size := range []int{1024, 4096} {
+		for _, typ := range []gguf.Type{gguf.TypeF32, gguf.TypeF16, gguf.TypeQ8_0, gguf.TypeQ4_0} {
 			for _, threads := range []int{1, runtime.NumCPU()} {
-				typ := "f32"
-				if f16 {
-					typ = "f16"
-				}
 				b.Run(fmt.Sprintf("%dx%d/%s/threads=%d", size, size, typ, threads), func(b *testing.B) {
-					m := randMatrix(size, size, f16)
+					m := randMatrix(b, size, size, typ)
+					pool := kernels.NewPool(threads)
+					defer pool.Close()
 					x := make([]float32, size)
 					for i := range x {
 						x[i] = float32(i%7) - 3
 					}
 					out := make([]float32, size)
-					b.SetBytes(int64(size * size * 4))
-					if f16 {
-						b.SetBytes(int64(size * size * 2))
-					}
+					b.SetBytes(int64(len(m.data)))
 					for b.Loop() {
-						matVec(out, &m, x, threads)
+						matmulBatch(out, &m, x, 1, pool)
 					}
 				})
 			}
@@ -119,28 +144,57 @@ func BenchmarkDecodeStep(b *testing.B) {
 	for _, threads := range []int{1, runtime.NumCPU()} {
 		m := benchModel(b, threads)
 		for _, n := range []int{1, 8} {
-			b.Run(fmt.Sprintf("threads=%d/batch=%d", threads, n), func(b *testing.B) {
-				kvs := make([]*kvcache.Seq, n)
-				for j := range kvs {
-					kvs[j] = m.cache.NewSeq()
-					if err := kvs[j].Reserve(101); err != nil {
-						b.Fatal(err)
-					}
-					kvs[j].Commit(make([]int32, 100))
-					defer kvs[j].Release()
-				}
-				var bt batch
-				for b.Loop() {
-					bt.reset()
-					for j, kv := range kvs {
-						bt.add(int32(3+j), 100, kv, true)
-					}
-					m.forward(&bt)
-				}
-				b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tok/s")
-			})
+			b.Run(fmt.Sprintf("threads=%d/batch=%d", threads, n), func(b *testing.B) { benchDecode(b, m, n, 100) })
 		}
 	}
+}
+
+// BenchmarkDecodeFile is BenchmarkDecodeStep on the GGUF file named by
+// $NPUMESH_BENCH_MODEL (say a 1B model from `npumesh model synth`), with
+// $NPUMESH_BENCH_QUANTIZE as Options.Quantize, at position 128 with all
+// cores; skipped without the variable. It is what profiles the engine on a
+// model of real size:
+//
+//	NPUMESH_BENCH_MODEL=q4_0.gguf go test -run - -bench DecodeFile -cpuprofile cpu.out ./internal/engine
+func BenchmarkDecodeFile(b *testing.B) {
+	path := os.Getenv("NPUMESH_BENCH_MODEL")
+	if path == "" {
+		b.Skip("set NPUMESH_BENCH_MODEL to a GGUF file")
+	}
+	m, err := Load(path, Options{Threads: runtime.NumCPU(), Quantize: os.Getenv("NPUMESH_BENCH_QUANTIZE")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	b.Logf("%s: %s, %.0f MiB read per step", m.Info().ID, m.Info().Quantization, float64(m.StepWeightBytes())/(1<<20))
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) { benchDecode(b, m, n, 128) })
+	}
+}
+
+// benchDecode times steps of n sequences each decoding one token at
+// position pos (their caches hold pos earlier positions).
+func benchDecode(b *testing.B, m *Model, n, pos int) {
+	kvs := make([]*kvcache.Seq, n)
+	for j := range kvs {
+		kvs[j] = m.cache.NewSeq()
+		if err := kvs[j].Reserve(pos + 1); err != nil {
+			b.Fatal(err)
+		}
+		kvs[j].Commit(make([]int32, pos))
+		defer kvs[j].Release()
+	}
+	var bt batch
+	b.ReportAllocs()
+	for b.Loop() {
+		bt.reset()
+		for j, kv := range kvs {
+			bt.add(int32(3+j), pos, kv, true)
+		}
+		m.forward(&bt)
+	}
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tok/s")
+	b.ReportMetric(float64(m.StepWeightBytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "weightGB/s")
 }
 
 // BenchmarkGenerateConcurrent runs n Generate calls at once (16-token

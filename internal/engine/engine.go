@@ -1,5 +1,6 @@
 // Package engine runs language models on the CPU in pure Go: it loads a
-// GGUF file, tokenizes, runs the transformer forward pass, samples and
+// GGUF file, tokenizes, runs the transformer forward pass (its matrix
+// products are package kernels', on a worker Pool per Model), samples and
 // streams text. It is the built-in backend behind the node daemon.
 //
 // Concurrent Generate calls on one Model are decoded together: a scheduler
@@ -12,18 +13,16 @@
 package engine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kernels"
 	"github.com/npumesh/npumesh/internal/kvcache"
 	"github.com/npumesh/npumesh/internal/tokenizer"
 )
@@ -58,6 +57,16 @@ type Options struct {
 	// evicted, for the router's prefix scoring. It is called on the
 	// scheduler goroutine and must not block.
 	OnCacheEvent func(kvcache.Event)
+	// Quantize, when set ("q8_0" or "q4_0"; also "q4_1", "q5_0", "q5_1",
+	// "q4_K", "q6_K"), converts every F32, F16 and BF16 weight matrix to
+	// that type while loading. Unlike the file's own weights, which are
+	// used in place from the mapping, the converted matrices are new
+	// buffers (the memory of the quantized model); the originals' pages
+	// are released from the resident set once converted (on unix). A
+	// matrix whose rows are not a whole number of the type's blocks (a
+	// 172-wide FFN of a toy model) keeps its type; quantized matrices of
+	// the file are left alone.
+	Quantize string
 }
 
 // Defaults of Options.
@@ -74,8 +83,11 @@ type ModelInfo struct {
 	Arch          string // general.architecture, e.g. "llama"
 	ContextLength int
 	Parameters    uint64 // number of weights
-	SizeBytes     uint64 // bytes of tensor data
-	Quantization  string // type of most weight bytes, e.g. "F32", "F16"
+	// SizeBytes is the bytes of tensor data and Quantization the type of
+	// most weight bytes ("F16", "Q4_0"), both as computed with: after
+	// Options.Quantize converted what it could.
+	SizeBytes    uint64
+	Quantization string
 	// BlockSize is the KV cache block size: a router hashes prompts with
 	// blockhash.Chain(ID, tokens, BlockSize) to find cached prefixes.
 	BlockSize int
@@ -88,6 +100,9 @@ type Model struct {
 	w       weights
 	tok     *tokenizer.SPM
 	threads int
+	// pool runs the matrix products on threads workers; Close stops it.
+	pool      *kernels.Pool
+	stepBytes int64 // StepWeightBytes
 	// chatTemplate is the model's Jinja chat template, "" when it has none.
 	chatTemplate string
 	cache        *kvcache.Cache
@@ -105,8 +120,10 @@ type Model struct {
 var ErrClosed = errors.New("engine: model closed")
 
 // Load opens a GGUF model (an architecture registered in package arch:
-// llama, qwen2; F32 or F16 weights) and prepares it for Generate. The
-// weights stay in the file's read-only mapping until Close.
+// llama, qwen2; weights of any type package kernels multiplies: F32, F16,
+// BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and prepares it for
+// Generate. The weights stay in the file's read-only mapping until Close
+// (except those Options.Quantize converts).
 func Load(path string, opts Options) (*Model, error) {
 	if opts.Threads < 0 || opts.ContextLength < 0 || opts.KVBudgetBytes < 0 || opts.BlockSize < 0 || opts.PrefillChunk < 0 || opts.MaxBatch < 0 {
 		return nil, fmt.Errorf("load model %q: negative option in %+v", path, opts)
@@ -150,7 +167,19 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 	if threads == 0 {
 		threads = runtime.NumCPU()
 	}
-	m := &Model{hp: hp, w: w, tok: tok, threads: threads, file: f}
+	// converted maps the tensors Options.Quantize replaced to their new
+	// type and size.
+	var converted map[string]matrix
+	if opts.Quantize != "" {
+		typ, err := parseQuantize(opts.Quantize)
+		if err != nil {
+			return nil, err
+		}
+		if converted, err = quantizeWeights(&w, typ, threads); err != nil {
+			return nil, err
+		}
+	}
+	m := &Model{hp: hp, w: w, tok: tok, threads: threads, file: f, stepBytes: stepWeightBytes(&w)}
 	if m.cache, err = newCache(&hp, id, opts); err != nil {
 		return nil, err
 	}
@@ -159,10 +188,14 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 	m.info = ModelInfo{ID: id, Arch: hp.Arch, ContextLength: hp.Context, BlockSize: m.cache.BlockSize()}
 	bytesByType := map[gguf.Type]uint64{}
 	for _, t := range f.Tensors() {
+		typ, size := t.Type, uint64(len(t.Data))
+		if c, ok := converted[t.Name]; ok {
+			typ, size = c.typ, uint64(len(c.data))
+		}
 		m.info.Parameters += t.NumElements()
-		m.info.SizeBytes += uint64(len(t.Data))
+		m.info.SizeBytes += size
 		if len(t.Dims) >= 2 {
-			bytesByType[t.Type] += uint64(len(t.Data))
+			bytesByType[typ] += size
 		}
 	}
 	// The type holding most weight bytes names the quantization, as
@@ -181,6 +214,7 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 	if maxBatch == 0 {
 		maxBatch = defaultMaxBatch
 	}
+	m.pool = kernels.NewPool(threads)
 	m.sched = startScheduler(m, chunk, maxBatch)
 	return m, nil
 }
@@ -224,6 +258,25 @@ func (m *Model) SpecialTokens() (bos, eos string) {
 // Info describes the model.
 func (m *Model) Info() ModelInfo { return m.info }
 
+// StepWeightBytes is the number of weight bytes one decode step reads:
+// every matrix and vector in the types computed with (after
+// Options.Quantize), except the token embedding, of which only a row is
+// read unless it is also the output head. Divided into the memory
+// bandwidth it bounds the decode rate of one sequence.
+func (m *Model) StepWeightBytes() int64 { return m.stepBytes }
+
+// stepWeightBytes computes StepWeightBytes at load.
+func stepWeightBytes(w *weights) int64 {
+	n := int64(len(w.outNorm))*4 + int64(len(w.output.data))
+	for _, l := range w.layers {
+		n += 4 * int64(len(l.attnNorm)+len(l.ffnNorm)+len(l.bq)+len(l.bk)+len(l.bv))
+		for _, mt := range []*matrix{&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down} {
+			n += int64(len(mt.data))
+		}
+	}
+	return n
+}
+
 // Tokenizer returns the model's tokenizer.
 func (m *Model) Tokenizer() tokenizer.Tokenizer { return m.tok }
 
@@ -247,6 +300,7 @@ func (m *Model) Close() error {
 	}
 	m.closed = true
 	m.sched.stop()
+	m.pool.Close()
 	m.w = weights{}
 	return m.file.Close()
 }
@@ -356,7 +410,7 @@ func spmFromGGUF(f *gguf.File) (*tokenizer.SPM, error) {
 }
 
 // loadMatrix returns the named 2-D tensor, checked against its expected
-// shape, without copying F32/F16 data.
+// shape, without copying its data.
 func loadMatrix(f *gguf.File, name string, cols, rows int) (matrix, error) {
 	t, ok := f.Tensor(name)
 	if !ok {
@@ -365,22 +419,7 @@ func loadMatrix(f *gguf.File, name string, cols, rows int) (matrix, error) {
 	if len(t.Dims) != 2 || t.Dims[0] != uint64(cols) || t.Dims[1] != uint64(rows) {
 		return matrix{}, fmt.Errorf("tensor %q has shape %v, want [%d %d]", name, t.Dims, cols, rows)
 	}
-	return tensorMatrix(t, cols, rows)
-}
-
-// tensorMatrix views t's data as a matrix of rows rows of cols elements.
-func tensorMatrix(t *gguf.Tensor, cols, rows int) (matrix, error) {
-	name := t.Name
-	m := matrix{rows: rows, cols: cols}
-	switch t.Type {
-	case gguf.TypeF32:
-		m.f32 = asFloat32s(t.Data)
-	case gguf.TypeF16:
-		m.f16 = asUint16s(t.Data)
-	default:
-		return matrix{}, fmt.Errorf("tensor %q has type %s; this engine computes with F32 and F16 only so far", name, t.Type)
-	}
-	return m, nil
+	return newMatrix(name, t.Type, t.Data, cols, rows)
 }
 
 // loadVector returns a 1-D tensor as float32 (a copy: vectors are small).
@@ -392,39 +431,11 @@ func loadVector(f *gguf.File, name string, n int) ([]float32, error) {
 	if len(t.Dims) != 1 || t.Dims[0] != uint64(n) {
 		return nil, fmt.Errorf("tensor %q has shape %v, want [%d]", name, t.Dims, n)
 	}
-	m, err := tensorMatrix(t, n, 1)
+	m, err := newMatrix(name, t.Type, t.Data, n, 1)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]float32, n)
 	m.row(out, 0)
 	return out, nil
-}
-
-// littleEndian is whether this machine stores numbers as GGUF does, so
-// that tensor bytes can be used as []float32 in place.
-var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
-
-func asFloat32s(b []byte) []float32 {
-	n := len(b) / 4
-	if littleEndian && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4 == 0 {
-		return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), n)
-	}
-	out := make([]float32, n)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-	}
-	return out
-}
-
-func asUint16s(b []byte) []uint16 {
-	n := len(b) / 2
-	if littleEndian && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%2 == 0 {
-		return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), n)
-	}
-	out := make([]uint16, n)
-	for i := range out {
-		out[i] = binary.LittleEndian.Uint16(b[2*i:])
-	}
-	return out
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kernels"
 	"github.com/npumesh/npumesh/internal/testdata"
 	"github.com/npumesh/npumesh/internal/tokenizer"
 )
@@ -383,12 +384,9 @@ func f32ToF16(f float32) uint16 {
 
 func TestF16ToF32(t *testing.T) {
 	for _, v := range []float32{0, 1, -2, 0.5, 65504, -0.000061035156, 0.000000059604645, 3.140625} {
-		if got := f16ToF32(f32ToF16(v)); got != v {
+		if got := kernels.F16ToF32(f32ToF16(v)); got != v {
 			t.Errorf("%v round trips to %v", v, got)
 		}
-	}
-	if !math.IsInf(float64(f16ToF32(0x7c00)), 1) || !math.IsNaN(float64(f16ToF32(0x7e00))) {
-		t.Error("inf/nan")
 	}
 }
 
@@ -435,14 +433,16 @@ func TestF16Weights(t *testing.T) {
 // adjacent-pair layout to rotate-half: row 2i goes to i, row 2i+1 to
 // i+hd/2. This is the inverse of llama.cpp's convert permute.
 func permuteRows(m matrix, hd int) matrix {
-	out := matrix{rows: m.rows, cols: m.cols, f32: make([]float32, len(m.f32))}
+	out := m
+	out.data = make([]byte, len(m.data))
+	rb := m.rowBytes
 	for r := range m.rows {
 		h, j := r/hd, r%hd
 		dst := h*hd + j/2
 		if j%2 == 1 {
 			dst += hd / 2
 		}
-		copy(out.f32[dst*m.cols:(dst+1)*m.cols], m.f32[r*m.cols:(r+1)*m.cols])
+		copy(out.data[dst*rb:(dst+1)*rb], m.data[r*rb:(r+1)*rb])
 	}
 	return out
 }
@@ -508,14 +508,15 @@ func TestLoadErrors(t *testing.T) {
 				return tt.Type, tt.Dims, tt.Data, true
 			}, nil)
 		}, Options{}, `"blk.0.attn_k.weight" has shape [32 64]`},
-		{"quantized", func() string {
+		{"unsupported type", func() string {
 			return rewrite(t, func(tt *gguf.Tensor) (gguf.Type, []uint64, []byte, bool) {
 				if tt.Name == "blk.1.attn_q.weight" {
-					return gguf.TypeQ8_0, tt.Dims, make([]byte, 64*64/32*34), true
+					return gguf.TypeIQ4_NL, tt.Dims, make([]byte, 64*64/32*18), true
 				}
 				return tt.Type, tt.Dims, tt.Data, true
 			}, nil)
-		}, Options{}, "type Q8_0"},
+		}, Options{}, "type IQ4_NL"},
+		{"quantize option", func() string { return storiesPath(t) }, Options{Quantize: "q3_k"}, `quantize "q3_k"`},
 		{"heads", func() string { return rewrite(t, nil, map[string]any{"llama.attention.head_count_kv": uint32(3)}) }, Options{}, "KV heads"},
 		{"tokenizer", func() string { return rewrite(t, nil, map[string]any{"tokenizer.ggml.model": "gpt2"}) }, Options{}, `tokenizer "gpt2"`},
 		{"options", func() string { return storiesPath(t) }, Options{Threads: -1}, "negative"},

@@ -333,8 +333,10 @@ func vocab(n int) (tokens []string, scores []float32, types []int32) {
 		addPiece(string(c))
 		addPiece("▁" + string(c))
 	}
-	// Pairs and triples of frequent letters until the vocabulary is full.
-	for i := 0; len(tokens) < n; i++ {
+	// Pairs and triples of letters until the vocabulary is full or they
+	// run out (26³ steps visit every triple; a larger vocabulary is
+	// completed below).
+	for i := 0; len(tokens) < n && i < 26*26*26; i++ {
 		a, b := alphabet[i%26], alphabet[(i/26)%26]
 		if !addPiece(string([]byte{b, a})) || !addPiece("▁"+string([]byte{b, a})) {
 			break
@@ -344,7 +346,7 @@ func vocab(n int) (tokens []string, scores []float32, types []int32) {
 			addPiece(string([]byte{c, b, a}))
 		}
 	}
-	for len(tokens) < n { // only reached for huge vocabularies
+	for len(tokens) < n { // vocabularies beyond ~19,000 pieces
 		addPiece(fmt.Sprintf("▁tok%d", len(tokens)))
 	}
 	scores = make([]float32, len(tokens))
