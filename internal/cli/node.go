@@ -18,7 +18,7 @@ import (
 func newNodeCmd(g *globals) *cobra.Command {
 	var (
 		coordinators, listen, advertise, tlsDir, name, addrFile, metricsListen string
-		sysRoot                                                                string
+		sysRoot, quantize                                                      string
 		telemetryEvery                                                         time.Duration
 		configFile                                                             string
 		join, dataDir, enrollAddr                                              string
@@ -69,13 +69,13 @@ func newNodeCmd(g *globals) *cobra.Command {
 				}
 			}
 			if cfg != nil {
-				if backends, err = cfg.openBackends(configFile, threads, log); err != nil {
+				if backends, err = cfg.openBackends(configFile, engine.Options{Threads: threads, Quantize: quantize}, log); err != nil {
 					return err
 				}
 			}
 			for _, spec := range models {
 				id, path := parseModelSpec(spec)
-				b, err := node.LoadBuiltin(path, engine.Options{ID: id, Threads: threads})
+				b, err := node.LoadBuiltin(path, engine.Options{ID: id, Threads: threads, Quantize: quantize})
 				if err != nil {
 					closeAll()
 					return err
@@ -121,6 +121,7 @@ func newNodeCmd(g *globals) *cobra.Command {
 	f.StringVar(&configFile, "config", "", "JSON file of models to serve, builtin or upstream (see docs/npu.md); adds to --model")
 	f.IntVar(&threads, "threads", 0, "compute threads per model (default: all cores)")
 	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9464", "HTTP address of the node's Prometheus /metrics (empty disables it)")
+	f.StringVar(&quantize, "quantize", "", "quantize f32/f16/bf16 weights at load: q8_0 or q4_0 (also q4_1, q5_0, q5_1, q4_K, q6_K); a copy in memory")
 	f.StringVar(&sysRoot, "sys-root", "/", "directory holding the /proc and /sys to read hardware and telemetry from (a container with the host's mounted elsewhere)")
 	f.DurationVar(&telemetryEvery, "telemetry-interval", 0, "how often temperatures, throttling and power are sampled (default 5s)")
 	f.StringVar(&modelStore, "model-store", "", "directory where the node keeps models it pulls from the cluster's catalog (npumesh model add); empty: pulls nothing")

@@ -33,7 +33,9 @@ type modelConfig struct {
 	// Path is the GGUF file of a builtin model.
 	Path string `json:"path"`
 	// Threads overrides --threads for a builtin model.
-	Threads  int             `json:"threads"`
+	Threads int `json:"threads"`
+	// Quantize overrides --quantize for a builtin model: q8_0, q4_0, ...
+	Quantize string          `json:"quantize"`
 	Upstream *upstreamConfig `json:"upstream"`
 }
 
@@ -166,10 +168,10 @@ func (m *modelConfig) upstreamConfig(log *slog.Logger) upstream.Config {
 
 // openBackends loads or connects the configured models. An error closes
 // what was opened and names the entry at fault.
-func (c *nodeConfig) openBackends(path string, threads int, log *slog.Logger) ([]node.Backend, error) {
+func (c *nodeConfig) openBackends(path string, base engine.Options, log *slog.Logger) ([]node.Backend, error) {
 	var out []node.Backend
 	for i := range c.Models {
-		b, err := c.Models[i].openBackend(threads, log)
+		b, err := c.Models[i].openBackend(base, log)
 		if err != nil {
 			for _, o := range out {
 				o.Close()
@@ -182,14 +184,19 @@ func (c *nodeConfig) openBackends(path string, threads int, log *slog.Logger) ([
 }
 
 // openBackend loads or connects one configured model.
-func (m *modelConfig) openBackend(threads int, log *slog.Logger) (node.Backend, error) {
+func (m *modelConfig) openBackend(base engine.Options, log *slog.Logger) (node.Backend, error) {
 	if m.Backend == "upstream" {
 		return upstream.New(m.upstreamConfig(log))
 	}
+	opts := base
+	opts.ID = m.ID
 	if m.Threads > 0 {
-		threads = m.Threads
+		opts.Threads = m.Threads
 	}
-	return node.LoadBuiltin(m.Path, engine.Options{ID: m.ID, Threads: threads})
+	if m.Quantize != "" {
+		opts.Quantize = m.Quantize
+	}
+	return node.LoadBuiltin(m.Path, opts)
 }
 
 // jsonErrorAt says where in raw a decoding error is, as line:column.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/npumesh/npumesh/internal/testdata"
 )
 
 // TestCLIErrors checks that bad usage prints one line saying what to do and
@@ -18,6 +20,9 @@ func TestCLIErrors(t *testing.T) {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
 	if out, err := exec.Command(bin, "cert", "issue", "--ca", filepath.Join(dir, "ca"), "--name", "c", "--role", "coordinator", "--out", filepath.Join(dir, "c")).CombinedOutput(); err != nil {
+		t.Fatalf("cert issue: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "cert", "issue", "--ca", filepath.Join(dir, "ca"), "--name", "n", "--role", "node", "--out", filepath.Join(dir, "n")).CombinedOutput(); err != nil {
 		t.Fatalf("cert issue: %v\n%s", err, out)
 	}
 	cases := []struct {
@@ -36,6 +41,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"generate", "--api", "http://127.0.0.1:1", "hi"}, "cannot reach"},
 		{[]string{"model", "synth", "-o", filepath.Join(dir, "m.gguf"), "--type", "q9"}, "unknown weight type"},
 		{[]string{"node", "--coordinator", "127.0.0.1:1", "--tls-dir", filepath.Join(dir, "c"), "--model", "/nonexistent.gguf"}, "nonexistent"},
+		{[]string{"node", "--coordinator", "127.0.0.1:1", "--tls-dir", filepath.Join(dir, "n"), "--metrics-listen", "", "--model", filepath.Join(testdata.Root(t), "internal", "demo", "stories260K.gguf"), "--quantize", "q9_9"}, "q9_9"},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -88,7 +88,7 @@ func LoadBuiltin(path string, opts engine.Options) (*Builtin, error) {
 	}
 	m, err := engine.Load(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("load model %q: %w", path, err)
+		return nil, err // engine.Load names the file
 	}
 	b.m, b.template = m, m.ChatTemplate()
 	return b, nil
