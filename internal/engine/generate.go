@@ -166,7 +166,7 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 	} else {
 		seed = rand.Uint64()
 	}
-	out := &streamer{dec: tokenizer.NewDecoderAfter(m.tok, prompt), stops: req.Stop, emit: emit}
+	out := NewStreamer(m.tok, prompt, req.Stop, emit)
 
 	// The scheduler drops the sequence when sctx is done: when the client
 	// goes away or this call returns for any reason.
@@ -203,9 +203,9 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 			res.CompletionTokens++
 			if m.tok.IsEOG(id) {
 				res.FinishReason = FinishStop
-				return res, out.flush()
+				return res, out.Flush()
 			}
-			stopped, err := out.add(id)
+			stopped, err := out.Add(id)
 			if err != nil {
 				return res, err
 			}
@@ -219,14 +219,17 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 		}
 		if end {
 			res.FinishReason = FinishLength
-			return res, out.flush()
+			return res, out.Flush()
 		}
 	}
 }
 
-// streamer turns tokens into Deltas: it decodes, holds back text that may
-// begin a stop string, and cuts the text at a stop string.
-type streamer struct {
+// Streamer turns tokens into Deltas: it decodes, holds back text that may
+// begin a stop string, and cuts the text at a stop string. Generate uses
+// one per request; a node that resumes another node's completion replays
+// the tokens already sent through one (with an emit that drops them), so it
+// holds back exactly what the first node held.
+type Streamer struct {
 	dec   *tokenizer.Decoder
 	stops []string
 	emit  func(Delta) error
@@ -234,9 +237,17 @@ type streamer struct {
 	ids   []int32 // tokens not yet emitted
 }
 
-// add takes one sampled token and reports whether a stop string ended
+// NewStreamer returns a Streamer for tokens that continue prompt.
+func NewStreamer(tok tokenizer.Tokenizer, prompt []int32, stops []string, emit func(Delta) error) *Streamer {
+	return &Streamer{dec: tokenizer.NewDecoderAfter(tok, prompt), stops: stops, emit: emit}
+}
+
+// SetEmit replaces where Deltas go.
+func (s *Streamer) SetEmit(emit func(Delta) error) { s.emit = emit }
+
+// Add takes one sampled token and reports whether a stop string ended
 // the completion.
-func (s *streamer) add(id int32) (stopped bool, err error) {
+func (s *Streamer) Add(id int32) (stopped bool, err error) {
 	s.ids = append(s.ids, id)
 	s.held += s.dec.Add(id)
 	if i := s.firstStop(); i >= 0 {
@@ -246,15 +257,15 @@ func (s *streamer) add(id int32) (stopped bool, err error) {
 	return false, s.send(len(s.held)-s.stopPrefixLen(), false)
 }
 
-// flush emits what is left at the end of the completion.
-func (s *streamer) flush() error {
+// Flush emits what is left at the end of the completion.
+func (s *Streamer) Flush() error {
 	s.held += s.dec.Flush()
 	return s.send(len(s.held), true)
 }
 
 // send emits held[:n] with the pending ids when there is text to send, or
 // at the end of the completion (final) when ids are still unsent.
-func (s *streamer) send(n int, final bool) error {
+func (s *Streamer) send(n int, final bool) error {
 	if n == 0 && !(final && len(s.ids) > 0) {
 		return nil
 	}
@@ -270,7 +281,7 @@ func (s *streamer) send(n int, final bool) error {
 // firstStop returns where the earliest stop string starts in held, or -1.
 // Text before held was checked when it was emitted, and the held-back
 // tail covers any stop string that began there.
-func (s *streamer) firstStop() int {
+func (s *Streamer) firstStop() int {
 	first := -1
 	for _, stop := range s.stops {
 		if i := strings.Index(s.held, stop); i >= 0 && (first < 0 || i < first) {
@@ -282,7 +293,7 @@ func (s *streamer) firstStop() int {
 
 // stopPrefixLen is the length of the longest tail of held that is a
 // proper prefix of a stop string: text that must wait for the next token.
-func (s *streamer) stopPrefixLen() int {
+func (s *Streamer) stopPrefixLen() int {
 	longest := 0
 	for _, stop := range s.stops {
 		for k := min(len(stop)-1, len(s.held)); k > longest; k-- {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -117,15 +116,15 @@ func (b *Builtin) generateResumed(ctx context.Context, req Request, emit func(en
 		}
 	}
 	res := engine.Result{PromptTokens: len(prompt), CompletionTokens: len(req.Resume)}
-	st := &resumeStreamer{dec: tokenizer.NewDecoderAfter(tok, prompt), stops: req.Stop, emit: func(engine.Delta) error { return nil }}
+	st := engine.NewStreamer(tok, prompt, req.Stop, func(engine.Delta) error { return nil })
 	for _, id := range req.Resume {
-		if stopped, _ := st.add(id); stopped {
+		if stopped, _ := st.Add(id); stopped {
 			// The first node had finished; only its Final was lost.
 			res.FinishReason = engine.FinishStop
 			return res, nil
 		}
 	}
-	st.emit = emit
+	st.SetEmit(emit)
 	ereq := req.Request
 	ereq.PromptIDs = append(slices.Clone(prompt), req.Resume...)
 	ereq.Prompt, ereq.Stop = "", nil
@@ -134,7 +133,7 @@ func (b *Builtin) generateResumed(ctx context.Context, req Request, emit func(en
 	eres, err := b.m.Generate(ctx, ereq, func(d engine.Delta) error {
 		for _, id := range d.IDs {
 			n++
-			s, err := st.add(id)
+			s, err := st.Add(id)
 			if err != nil {
 				return err
 			}
@@ -158,70 +157,7 @@ func (b *Builtin) generateResumed(ctx context.Context, req Request, emit func(en
 	if eres.FinishReason == engine.FinishStop {
 		res.CompletionTokens++ // the end-of-generation token, which deltas do not carry
 	}
-	return res, st.flush()
-}
-
-// resumeStreamer is the engine's streamer (engine/generate.go) again: it
-// decodes, holds back text that may begin a stop string, and cuts at a stop
-// string. It must behave exactly as the engine's, so that a resumed stream
-// continues byte for byte where the first node's stopped.
-type resumeStreamer struct {
-	dec   *tokenizer.Decoder
-	stops []string
-	emit  func(engine.Delta) error
-	held  string
-	ids   []int32
-}
-
-func (s *resumeStreamer) add(id int32) (stopped bool, err error) {
-	s.ids = append(s.ids, id)
-	s.held += s.dec.Add(id)
-	if i := s.firstStop(); i >= 0 {
-		s.held = s.held[:i]
-		return true, s.send(len(s.held), true)
-	}
-	return false, s.send(len(s.held)-s.stopPrefixLen(), false)
-}
-
-func (s *resumeStreamer) flush() error {
-	s.held += s.dec.Flush()
-	return s.send(len(s.held), true)
-}
-
-func (s *resumeStreamer) send(n int, final bool) error {
-	if n == 0 && !(final && len(s.ids) > 0) {
-		return nil
-	}
-	d := engine.Delta{IDs: s.ids, Text: s.held[:n]}
-	s.held = s.held[n:]
-	s.ids = nil
-	if err := s.emit(d); err != nil {
-		return fmt.Errorf("emit: %w", err)
-	}
-	return nil
-}
-
-func (s *resumeStreamer) firstStop() int {
-	first := -1
-	for _, stop := range s.stops {
-		if i := strings.Index(s.held, stop); i >= 0 && (first < 0 || i < first) {
-			first = i
-		}
-	}
-	return first
-}
-
-func (s *resumeStreamer) stopPrefixLen() int {
-	longest := 0
-	for _, stop := range s.stops {
-		for k := min(len(stop)-1, len(s.held)); k > longest; k-- {
-			if strings.HasSuffix(s.held, stop[:k]) {
-				longest = k
-				break
-			}
-		}
-	}
-	return longest
+	return res, st.Flush()
 }
 
 // CacheStats returns the engine's KV-cache block counts (tests check that a
