@@ -355,36 +355,9 @@ func TestTiedOutput(t *testing.T) {
 	}
 }
 
-func f32ToF16(f float32) uint16 {
-	b := math.Float32bits(f)
-	sign := uint16(b>>16) & 0x8000
-	exp := int((b>>23)&0xff) - 127 + 15
-	mant := b & 0x7fffff
-	switch {
-	case exp >= 31:
-		return sign | 0x7c00
-	case exp <= 0:
-		if exp < -10 {
-			return sign
-		}
-		mant |= 0x800000
-		shift := uint(14 - exp)
-		h := uint16(mant >> shift)
-		if (mant>>(shift-1))&1 == 1 {
-			h++
-		}
-		return sign | h
-	}
-	h := sign | uint16(exp)<<10 | uint16(mant>>13)
-	if mant&0x1000 != 0 {
-		h++ // rounds half up; a carry correctly bumps the exponent
-	}
-	return h
-}
-
 func TestF16ToF32(t *testing.T) {
 	for _, v := range []float32{0, 1, -2, 0.5, 65504, -0.000061035156, 0.000000059604645, 3.140625} {
-		if got := kernels.F16ToF32(f32ToF16(v)); got != v {
+		if got := kernels.F16ToF32(kernels.F32ToF16(v)); got != v {
 			t.Errorf("%v round trips to %v", v, got)
 		}
 	}
@@ -398,7 +371,7 @@ func TestF16Weights(t *testing.T) {
 		}
 		out := make([]byte, len(tt.Data)/2)
 		for i := range len(out) / 2 {
-			binary.LittleEndian.PutUint16(out[2*i:], f32ToF16(math.Float32frombits(binary.LittleEndian.Uint32(tt.Data[4*i:]))))
+			binary.LittleEndian.PutUint16(out[2*i:], kernels.F32ToF16(math.Float32frombits(binary.LittleEndian.Uint32(tt.Data[4*i:]))))
 		}
 		return gguf.TypeF16, tt.Dims, out, true
 	}, nil)

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kernels"
 )
 
 // Options describe the model to write.
@@ -263,7 +264,7 @@ func encode(typ gguf.Type, vals []float32, q Quantizer) ([]byte, error) {
 	case gguf.TypeF16:
 		b := make([]byte, 2*len(vals))
 		for i, v := range vals {
-			binary.LittleEndian.PutUint16(b[2*i:], f32ToF16(v))
+			binary.LittleEndian.PutUint16(b[2*i:], kernels.F32ToF16(v))
 		}
 		return b, nil
 	case gguf.TypeBF16:
@@ -276,35 +277,6 @@ func encode(typ gguf.Type, vals []float32, q Quantizer) ([]byte, error) {
 		return b, nil
 	}
 	return q(typ, vals)
-}
-
-// f32ToF16 converts with round-to-nearest-even; values here are small and
-// finite, but overflow and subnormals are handled anyway.
-func f32ToF16(f float32) uint16 {
-	b := math.Float32bits(f)
-	sign := uint16(b>>16) & 0x8000
-	exp := int((b>>23)&0xff) - 127 + 15
-	mant := b & 0x7fffff
-	switch {
-	case exp >= 31:
-		return sign | 0x7c00
-	case exp <= 0:
-		if exp < -10 {
-			return sign
-		}
-		mant |= 0x800000
-		shift := uint(14 - exp)
-		h := mant >> shift
-		if rem := mant & (1<<shift - 1); rem > 1<<(shift-1) || rem == 1<<(shift-1) && h&1 == 1 {
-			h++
-		}
-		return sign | uint16(h)
-	}
-	h := uint32(exp)<<10 | mant>>13
-	if rem := mant & 0x1fff; rem > 0x1000 || rem == 0x1000 && h&1 == 1 {
-		h++
-	}
-	return sign | uint16(h)
 }
 
 // vocab builds a SentencePiece-style vocabulary: <unk>, <s>, </s>, the 256

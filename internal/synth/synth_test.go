@@ -73,15 +73,6 @@ func TestValidation(t *testing.T) {
 	}
 }
 
-func TestF16Conversion(t *testing.T) {
-	cases := map[float32]uint16{0: 0, 1: 0x3c00, -2: 0xc000, 0.5: 0x3800, 65504: 0x7bff, 1e9: 0x7c00, 5.960464477539063e-08: 0x0001}
-	for f, want := range cases {
-		if got := f32ToF16(f); got != want {
-			t.Errorf("f32ToF16(%g) = %#04x, want %#04x", f, got, want)
-		}
-	}
-}
-
 // checkLlamaCppLayout checks what llama.cpp's loader (gguf_init_from_file
 // and llm_load_hparams/llm_load_vocab for llama) demands of a file, short
 // of running llama.cpp: data aligned to general.alignment (32 when absent),
