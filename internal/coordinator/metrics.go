@@ -83,11 +83,12 @@ var (
 	descThrottled   = prometheus.NewDesc("npumesh_node_throttled", "1 when a node reports thermal or frequency throttling.", []string{"node"}, nil)
 	descPower       = prometheus.NewDesc("npumesh_node_power_watts", "Package power of a node from RAPL, as it last reported.", []string{"node"}, nil)
 	descCertExpiry  = prometheus.NewDesc("npumesh_certificate_expiry_timestamp_seconds", "When the coordinator's own certificate expires (Unix time).", []string{"role", "name"}, nil)
+	descCircuit     = prometheus.NewDesc("npumesh_circuit_breaker_open", "1 while a node's circuit breaker is open (after repeated failures).", []string{"node"}, nil)
 	descLastSeenAge = prometheus.NewDesc("npumesh_node_heartbeat_age_seconds", "Seconds since a node's last heartbeat.", []string{"node"}, nil)
 )
 
 func (cc *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodes, descInFlight, descQueue, descNodeInFl, descTemp, descThrottled, descPower, descCertExpiry, descLastSeenAge} {
+	for _, d := range []*prometheus.Desc{descNodes, descInFlight, descQueue, descNodeInFl, descTemp, descThrottled, descPower, descCertExpiry, descLastSeenAge, descCircuit} {
 		ch <- d
 	}
 }
@@ -108,6 +109,13 @@ func (cc *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(load.GetQueueDepth()), m.name)
 		ch <- prometheus.MustNewConstMetric(descNodeInFl, prometheus.GaugeValue, float64(load.GetInFlight()), m.name)
 		ch <- prometheus.MustNewConstMetric(descLastSeenAge, prometheus.GaugeValue, now.Sub(seen).Seconds(), m.name)
+		if cc.c.rt != nil {
+			open := 0.0
+			if cc.c.rt.breakers.isOpen(m.name) {
+				open = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, open, m.name)
+		}
 		if tel != nil {
 			if tel.GetMaxTemperatureCelsius() > 0 {
 				ch <- prometheus.MustNewConstMetric(descTemp, prometheus.GaugeValue, tel.GetMaxTemperatureCelsius(), m.name)

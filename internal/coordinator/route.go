@@ -339,6 +339,15 @@ type breaker struct {
 }
 
 // allow says whether the node may get a new request now.
+// isOpen reports whether name's circuit is open (refusing new work or
+// waiting for its probe), for the metrics.
+func (b *breakers) isOpen(name string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	br := b.m[name]
+	return br != nil && !br.openUntil.IsZero()
+}
+
 func (b *breakers) allow(name string, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/npumesh/npumesh/internal/accel"
+	"github.com/npumesh/npumesh/internal/kvcache"
 	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
 )
 
@@ -48,6 +49,10 @@ var (
 	descNodeMaxTemp  = prometheus.NewDesc("npumesh_node_max_temperature_celsius", "Hottest sensor of this node.", nil, nil)
 	descNodeThrottle = prometheus.NewDesc("npumesh_node_throttled", "1 when this node is thermally or frequency throttled.", nil, nil)
 	descNodePower    = prometheus.NewDesc("npumesh_node_power_watts", "Power of a RAPL zone of this node.", []string{"zone"}, nil)
+	descKVBlocks     = prometheus.NewDesc("npumesh_node_kv_blocks", "KV-cache blocks of a model by state: in_use by running sequences, cached (reusable prefixes), free.", []string{"model", "state"}, nil)
+	descPrefixHits   = prometheus.NewDesc("npumesh_node_prefix_cache_hits_total", "KV blocks found in the prefix cache when a sequence started.", []string{"model"}, nil)
+	descPrefixMisses = prometheus.NewDesc("npumesh_node_prefix_cache_misses_total", "KV blocks looked up in the prefix cache and not found.", []string{"model"}, nil)
+	descPrefixRatio  = prometheus.NewDesc("npumesh_node_prefix_cache_hit_ratio", "Share of looked-up KV blocks found in the prefix cache since start.", []string{"model"}, nil)
 	descNodeCert     = prometheus.NewDesc("npumesh_certificate_expiry_timestamp_seconds", "When this node's certificate expires (Unix time).", []string{"role", "name"}, nil)
 )
 
@@ -55,7 +60,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodeInFlight, descNodeTemp, descNodeMaxTemp, descNodeThrottle, descNodePower, descNodeCert} {
+	for _, d := range []*prometheus.Desc{descNodeInFlight, descNodeTemp, descNodeMaxTemp, descNodeThrottle, descNodePower, descNodeCert, descKVBlocks, descPrefixHits, descPrefixMisses, descPrefixRatio} {
 		ch <- d
 	}
 }
@@ -63,6 +68,21 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
 	ch <- prometheus.MustNewConstMetric(descNodeInFlight, prometheus.GaugeValue, float64(n.inFlight.Load()))
+	for id, b := range n.backendsSnapshot() {
+		cs, ok := b.(interface{ CacheStats() kvcache.Stats })
+		if !ok {
+			continue
+		}
+		st := cs.CacheStats()
+		ch <- prometheus.MustNewConstMetric(descKVBlocks, prometheus.GaugeValue, float64(st.InUse), id, "in_use")
+		ch <- prometheus.MustNewConstMetric(descKVBlocks, prometheus.GaugeValue, float64(st.Cached), id, "cached")
+		ch <- prometheus.MustNewConstMetric(descKVBlocks, prometheus.GaugeValue, float64(st.Free), id, "free")
+		ch <- prometheus.MustNewConstMetric(descPrefixHits, prometheus.CounterValue, float64(st.Hits), id)
+		ch <- prometheus.MustNewConstMetric(descPrefixMisses, prometheus.CounterValue, float64(st.Misses), id)
+		if looked := st.Hits + st.Misses; looked > 0 {
+			ch <- prometheus.MustNewConstMetric(descPrefixRatio, prometheus.GaugeValue, float64(st.Hits)/float64(looked), id)
+		}
+	}
 	t := n.sampler.Latest()
 	seen := map[string]bool{}
 	for _, s := range t.Temperatures {
@@ -131,6 +151,25 @@ func telemetryProto(t accel.Telemetry) *pb.Telemetry {
 				out.PowerWatts += p.Watts
 			}
 		}
+	}
+	return out
+}
+
+// backendsSnapshot returns every backend serving now: the configured ones
+// and those loaded after a pull.
+func (n *Node) backendsSnapshot() map[string]Backend {
+	out := make(map[string]Backend, len(n.backends))
+	for id, b := range n.backends {
+		out[id] = b
+	}
+	if n.pull != nil {
+		n.pull.mu.Lock()
+		for id, s := range n.pull.models {
+			if s.backend != nil {
+				out[id] = s.backend
+			}
+		}
+		n.pull.mu.Unlock()
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/npumesh/npumesh/internal/accel"
+	"github.com/npumesh/npumesh/internal/engine"
 	"github.com/npumesh/npumesh/internal/pki"
 )
 
@@ -25,7 +26,11 @@ func TestNodeMetricNamesLint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := New(Config{Coordinators: []string{"127.0.0.1:1"}, TLS: b, SysRoot: root})
+	be, err := LoadBuiltin(filepath.Join("..", "demo", "stories260K.gguf"), engine.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Config{Coordinators: []string{"127.0.0.1:1"}, TLS: b, SysRoot: root, Backends: []Backend{be}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +44,15 @@ func TestNodeMetricNamesLint(t *testing.T) {
 	}
 	if len(mfs) < 5 {
 		t.Fatalf("only %d metric families", len(mfs))
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, want := range []string{"npumesh_node_kv_blocks", "npumesh_node_prefix_cache_hits_total", "npumesh_node_requests_total", "npumesh_node_in_flight_requests"} {
+		if !names[want] {
+			t.Errorf("metric %s is missing", want)
+		}
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
