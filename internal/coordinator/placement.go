@@ -202,7 +202,7 @@ func (c *Coordinator) place() {
 			e.logf(now, "placed on %s (%d model(s) there, %s free after)", cd.name, cd.placed, modelstore.HumanBytes(max(cd.free, 0)))
 		}
 		if healthy < e.Replicas {
-			msg := fmt.Sprintf("%d of %d replicas placed: no other live node fits", healthy, e.Replicas)
+			msg := fmt.Sprintf("%d of %d replicas placed: no live node can take another", healthy, e.Replicas)
 			if len(why) > 0 {
 				var rs []string
 				for r, nodes := range why {
