@@ -56,7 +56,10 @@ func TestUpstreamSupervisedFailover(t *testing.T) {
 		}
 		return b
 	}
-	co, err := coordinator.New(coordinator.Config{Listen: "127.0.0.1:0", API: "127.0.0.1:0", TLS: bundle("coordinator", pki.RoleCoordinator), Logger: log.With("n", "coordinator"), HeartbeatInterval: 500 * time.Millisecond})
+	// Least-outstanding routing: this test is about availability, and the
+	// default policy would rightly favour whichever node measures faster
+	// (here the in-process engine under the race detector is the slow one).
+	co, err := coordinator.New(coordinator.Config{Listen: "127.0.0.1:0", API: "127.0.0.1:0", TLS: bundle("coordinator", pki.RoleCoordinator), Logger: log.With("n", "coordinator"), HeartbeatInterval: 500 * time.Millisecond, RoutePolicy: "least-outstanding"})
 	if err != nil {
 		t.Fatal(err)
 	}
