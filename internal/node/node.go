@@ -301,7 +301,7 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 			State:         state,
 			Quantization:  i.Quantization,
 			KvBlockSize:   int32(i.BlockSize),
-			DecodeTokS:    n.speed.get(i.ID),
+			DecodeTokS:    n.speed.get(i.ID, time.Now()),
 		})
 	}
 	return append(out, n.pulledModelInfos()...)
@@ -386,15 +386,13 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	}
 	log := n.log.With("request_id", req.GetRequestId(), "model", req.GetModel())
 	start := time.Now()
-	var firstTok, lastTok time.Time
+	n.speed.start(req.GetModel(), time.Now())
+	var generated int
 	res, err := b.Generate(stream.Context(), breq, func(d engine.Delta) error {
-		now := time.Now()
-		if firstTok.IsZero() {
-			firstTok = now
-		}
-		lastTok = now
+		generated += len(d.IDs)
 		return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Delta{Delta: &pb.TokenDelta{Ids: d.IDs, Text: d.Text}}})
 	})
+	n.speed.end(req.GetModel(), generated, time.Now())
 	if err != nil {
 		log.Debug("generate failed", "err", err)
 		st := toStatus(err)
@@ -402,7 +400,6 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 		return st
 	}
 	n.served.Add(1)
-	n.speed.observe(req.GetModel(), res.CompletionTokens, firstTok, lastTok)
 	n.metrics.requests.WithLabelValues(req.GetModel(), "ok").Inc()
 	n.metrics.promptToks.WithLabelValues(req.GetModel()).Add(float64(res.PromptTokens))
 	n.metrics.outToks.WithLabelValues(req.GetModel()).Add(float64(res.CompletionTokens))

@@ -485,7 +485,8 @@ func speedFactor(c *Candidate, invMean float64) float64 {
 	}
 	switch {
 	case c.Throttling:
-		rel *= 0.25
+		// What it measured before it got hot does not earn it a bonus.
+		rel = min(rel, 1) * 0.25
 	case c.MaxTempC > 85:
 		rel *= 0.5
 	}
