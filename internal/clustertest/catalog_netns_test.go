@@ -150,7 +150,16 @@ func (nc *netCluster) progress(t *testing.T, name string) (state string, progres
 // metric reads one counter from the coordinator's /metrics (inside A).
 func (nc *netCluster) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	out, err := getInNetns(nc.p.nsA, nc.api, "/metrics")
+	// A few tries: a scrape through a namespace socket on this loaded
+	// machine was once reset mid-read; the coordinator was fine.
+	var out []byte
+	var err error
+	for try := 0; try < 3; try++ {
+		if out, err = getInNetns(nc.p.nsA, nc.api, "/metrics"); err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("scrape the coordinator's metrics: %v", err)
 	}
