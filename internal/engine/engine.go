@@ -15,6 +15,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -98,7 +99,7 @@ type Model struct {
 	info    ModelInfo
 	hp      hparams
 	w       weights
-	tok     *tokenizer.SPM
+	tok     modelTokenizer // *tokenizer.SPM (GGUF) or *tokenizer.HF (safetensors)
 	threads int
 	// pool runs the matrix products on threads workers; Close stops it.
 	pool      *kernels.Pool
@@ -113,7 +114,7 @@ type Model struct {
 	// stops the scheduler and unmaps the weights they read.
 	mu     sync.RWMutex
 	closed bool
-	file   *gguf.File
+	file   io.Closer // *gguf.File or *safetensors.Model
 }
 
 // ErrClosed is returned by Generate after Close.
@@ -127,6 +128,13 @@ var ErrClosed = errors.New("engine: model closed")
 func Load(path string, opts Options) (*Model, error) {
 	if opts.Threads < 0 || opts.ContextLength < 0 || opts.KVBudgetBytes < 0 || opts.BlockSize < 0 || opts.PrefillChunk < 0 || opts.MaxBatch < 0 {
 		return nil, fmt.Errorf("load model %q: negative option in %+v", path, opts)
+	}
+	if isDir(path) { // a Hugging Face safetensors directory (safetensors.go)
+		m, err := loadHF(path, opts)
+		if err != nil {
+			return nil, fmt.Errorf("load model %q: %w", path, err)
+		}
+		return m, nil
 	}
 	f, err := gguf.Open(path)
 	if err != nil {
