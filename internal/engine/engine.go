@@ -317,7 +317,7 @@ func (m *Model) Close() error {
 type hparams = arch.Params
 
 // tokenizerFromGGUF builds the tokenizer that tokenizer.ggml.model names.
-func tokenizerFromGGUF(f *gguf.File) (*tokenizer.SPM, error) {
+func tokenizerFromGGUF(f *gguf.File) (modelTokenizer, error) {
 	model, err := f.String("tokenizer.ggml.model")
 	if err != nil {
 		return nil, err
@@ -326,13 +326,9 @@ func tokenizerFromGGUF(f *gguf.File) (*tokenizer.SPM, error) {
 	case "llama":
 		return spmFromGGUF(f)
 	case "gpt2":
-		// TODO(tokenizer): byte-level BPE from tokenizer.ggml.tokens and
-		// tokenizer.ggml.merges (Llama-3, Qwen2 GGUFs) once package
-		// tokenizer exports a constructor from a GGUF-style vocabulary
-		// and merge list; its byte-level BPE only loads tokenizer.json.
-		return nil, fmt.Errorf("tokenizer %q (byte-level BPE) from GGUF metadata is not supported yet (this engine reads: llama)", model)
+		return bpeFromGGUF(f) // gguf_bpe.go
 	}
-	return nil, fmt.Errorf("tokenizer %q is not supported (this engine reads: llama)", model)
+	return nil, fmt.Errorf("tokenizer %q is not supported (this engine reads: llama, gpt2)", model)
 }
 
 // spmFromGGUF builds the SentencePiece tokenizer from tokenizer.ggml.*.

@@ -491,7 +491,7 @@ func TestLoadErrors(t *testing.T) {
 		}, Options{}, "type IQ4_NL"},
 		{"quantize option", func() string { return storiesPath(t) }, Options{Quantize: "q3_k"}, `quantize "q3_k"`},
 		{"heads", func() string { return rewrite(t, nil, map[string]any{"llama.attention.head_count_kv": uint32(3)}) }, Options{}, "KV heads"},
-		{"tokenizer", func() string { return rewrite(t, nil, map[string]any{"tokenizer.ggml.model": "gpt2"}) }, Options{}, `tokenizer "gpt2"`},
+		{"tokenizer", func() string { return rewrite(t, nil, map[string]any{"tokenizer.ggml.model": "bert"}) }, Options{}, `tokenizer "bert"`},
 		{"options", func() string { return storiesPath(t) }, Options{Threads: -1}, "negative"},
 	}
 	for _, tc := range tests {

@@ -22,6 +22,20 @@ type synthConfig struct {
 	bias                                bool // write attn_{q,k,v}.bias
 	tied                                bool // no output.weight
 	seed                                uint64
+	// bpe, when non-nil, replaces the SentencePiece vocabulary with a
+	// byte-level BPE one (tokenizer.ggml.model "gpt2"); vocab must be
+	// len(bpe.tokens).
+	bpe *synthBPE
+}
+
+// synthBPE is a GGUF-style byte-level BPE vocabulary.
+type synthBPE struct {
+	tokens []string
+	types  []int32
+	merges []string
+	pre    string
+	bos    int32 // -1: none
+	eos    int32
 }
 
 // synthModel is the file and its tensors, for reference computations.
@@ -52,15 +66,27 @@ func writeSynthetic(t testing.TB, c synthConfig) synthModel {
 	set(p+"attention.head_count_kv", uint32(c.kvHeads))
 	set(p+"attention.layer_norm_rms_epsilon", float32(1e-6))
 	set(p+"rope.freq_base", float32(c.ropeBase))
-	tokens := make([]string, c.vocab)
-	for i := range tokens {
-		tokens[i] = fmt.Sprintf("\u2581t%d", i)
+	if v := c.bpe; v != nil {
+		set("tokenizer.ggml.model", "gpt2")
+		set("tokenizer.ggml.pre", v.pre)
+		set("tokenizer.ggml.tokens", v.tokens)
+		set("tokenizer.ggml.token_type", v.types)
+		set("tokenizer.ggml.merges", v.merges)
+		if v.bos >= 0 {
+			set("tokenizer.ggml.bos_token_id", uint32(v.bos))
+		}
+		set("tokenizer.ggml.eos_token_id", uint32(v.eos))
+	} else {
+		tokens := make([]string, c.vocab)
+		for i := range tokens {
+			tokens[i] = fmt.Sprintf("\u2581t%d", i)
+		}
+		tokens[0], tokens[1], tokens[2] = "<unk>", "<s>", "</s>"
+		set("tokenizer.ggml.model", "llama")
+		set("tokenizer.ggml.tokens", tokens)
+		set("tokenizer.ggml.bos_token_id", uint32(1))
+		set("tokenizer.ggml.eos_token_id", uint32(2))
 	}
-	tokens[0], tokens[1], tokens[2] = "<unk>", "<s>", "</s>"
-	set("tokenizer.ggml.model", "llama")
-	set("tokenizer.ggml.tokens", tokens)
-	set("tokenizer.ggml.bos_token_id", uint32(1))
-	set("tokenizer.ggml.eos_token_id", uint32(2))
 
 	m := synthModel{tensors: map[string][]float32{}}
 	add := func(name string, scale float32, dims ...int) {
