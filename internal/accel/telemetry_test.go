@@ -311,7 +311,10 @@ func TestBrokenTelemetry(t *testing.T) {
 
 func TestSampler(t *testing.T) {
 	f := loadFixture(t, "intel-mtl-laptop")
-	s := NewSampler(f.root, 5*time.Millisecond)
+	// A 100 ms interval keeps the sample that saw the counter jump visible
+	// long enough for the polling below on a loaded machine (at 5 ms the next
+	// sample, with no new busy time, could replace it before the poll ran).
+	s := NewSampler(f.root, 100*time.Millisecond)
 	if !s.Latest().Time.IsZero() {
 		t.Fatal("Latest before Start should be the zero Telemetry")
 	}
