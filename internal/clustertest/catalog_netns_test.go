@@ -291,9 +291,13 @@ func TestModelPullResumesAfterLinkCut(t *testing.T) {
 	}) {
 		t.Fatal("the pull did not reach 30% within 60s")
 	}
-	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "down")
+	// Progress is read before the cut: while the link is down a scrape
+	// inside the coordinator's namespace was refused in some runs (not
+	// understood yet; see the closing note), and the cut itself is what
+	// this test is about.
 	_, at := nc.progress(t, "resumetest")
-	t.Logf("link down at %.0f%%", at*100)
+	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "down")
+	t.Logf("link down at about %.0f%%", at*100)
 	time.Sleep(18 * time.Second) // past the node's keepalive (10s + 5s)
 	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "up")
 	n, rate := nc.waitTransfer(t, "resumetest", 90*time.Second)
