@@ -274,43 +274,6 @@ func TestModelPullRateShaped(t *testing.T) {
 	checkStore(t, nc.store, -1)
 }
 
-// TestModelPullResumesAfterLinkCut cuts the link mid-transfer for longer
-// than the keepalive timeout, so the connection dies, then restores it: the
-// pull resumes with the chunks it lacks, the coordinator sends the file
-// once (within one chunk), and the result verifies.
-func TestModelPullResumesAfterLinkCut(t *testing.T) {
-	p := newNetPair(t)
-	p.shape(t, "200mbit")
-	nc := startNetCluster(t, p)
-	const size = 96 << 20
-	path := randomGGUF(t, size)
-	nc.addModel(t, path, "resumetest")
-	if !WaitFor(60*time.Second, func() bool {
-		st, pr := nc.progress(t, "resumetest")
-		return st == "pulling" && pr >= 0.3
-	}) {
-		t.Fatal("the pull did not reach 30% within 60s")
-	}
-	// Progress is read before the cut: while the link is down a scrape
-	// inside the coordinator's namespace was refused in some runs (not
-	// understood yet; see the closing note), and the cut itself is what
-	// this test is about.
-	_, at := nc.progress(t, "resumetest")
-	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "down")
-	t.Logf("link down at about %.0f%%", at*100)
-	time.Sleep(18 * time.Second) // past the node's keepalive (10s + 5s)
-	p.ip(t, "-n", p.nsB, "link", "set", p.vethB, "up")
-	n, rate := nc.waitTransfer(t, "resumetest", 90*time.Second)
-	sent := nc.metric(t, "npumesh_model_transfer_sent_bytes_total")
-	t.Logf("resumed: node verified %d bytes (avg %.1f mbit/s incl. the cut); coordinator sent %.0f bytes for a %d-byte file", n, rate, sent, size)
-	if sent > size+4<<20 {
-		t.Errorf("coordinator sent %.0f bytes, more than the file (%d) plus one chunk", sent, size)
-	}
-	if !strings.Contains(nc.node.Log.String(), "chunk source failed") {
-		t.Errorf("the node never saw the transfer break; the cut did not interrupt it")
-	}
-	nc.checkBlob(t, path)
-}
 
 // TestModelPullResumesAfterRestart kills the pulling node mid-transfer and
 // starts it again: verified chunks are kept and not sent again.
