@@ -274,7 +274,6 @@ func TestModelPullRateShaped(t *testing.T) {
 	checkStore(t, nc.store, -1)
 }
 
-
 // TestModelPullResumesAfterRestart kills the pulling node mid-transfer and
 // starts it again: verified chunks are kept and not sent again.
 func TestModelPullResumesAfterRestart(t *testing.T) {
