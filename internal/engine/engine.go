@@ -206,8 +206,14 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 			bytesByType[typ] += size
 		}
 	}
-	// The type holding most weight bytes names the quantization, as
-	// "Q4_K" names a file whose norms are F32.
+	m.start(opts, threads, bytesByType)
+	return m, nil
+}
+
+// start names the quantization after the type holding most weight bytes (as
+// "Q4_K" names a file whose norms are F32), then starts the worker pool and
+// the scheduler. Both loaders (GGUF, safetensors) end here.
+func (m *Model) start(opts Options, threads int, bytesByType map[gguf.Type]uint64) {
 	var most uint64
 	for typ, n := range bytesByType {
 		if n > most || n == most && typ.String() < m.info.Quantization {
@@ -224,7 +230,6 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 	}
 	m.pool = kernels.NewPool(threads)
 	m.sched = startScheduler(m, chunk, maxBatch)
-	return m, nil
 }
 
 // newCache sizes the KV cache: the budget asked for, or the default, but

@@ -9,7 +9,6 @@ import (
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
-	"github.com/npumesh/npumesh/internal/kernels"
 	"github.com/npumesh/npumesh/internal/safetensors"
 	"github.com/npumesh/npumesh/internal/tokenizer"
 )
@@ -140,22 +139,7 @@ func newHFModel(st *safetensors.Model, opts Options) (*Model, error) {
 			bytesByType[typ] += size
 		}
 	}
-	var most uint64
-	for typ, n := range bytesByType {
-		if n > most || n == most && typ.String() < m.info.Quantization {
-			most, m.info.Quantization = n, typ.String()
-		}
-	}
-	chunk := opts.PrefillChunk
-	if chunk == 0 {
-		chunk = defaultPrefillChunk
-	}
-	maxBatch := opts.MaxBatch
-	if maxBatch == 0 {
-		maxBatch = defaultMaxBatch
-	}
-	m.pool = kernels.NewPool(threads)
-	m.sched = startScheduler(m, chunk, maxBatch)
+	m.start(opts, threads, bytesByType)
 	return m, nil
 }
 
