@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -68,6 +67,18 @@ type Options struct {
 	// 172-wide FFN of a toy model) keeps its type; quantized matrices of
 	// the file are left alone.
 	Quantize string
+	// Layers, when set, loads one stage of a pipeline: the layers
+	// [Lo, Hi), with the token embedding only when Lo is 0 and the output
+	// head only when Hi is the model's last layer (stage.go). The zero
+	// value loads the whole model.
+	Layers LayerRange
+	// Downstream, set on a first stage that is not also the last, carries
+	// each step's hidden states to the rest of the pipeline; the tokens
+	// sampled there come back through Model.StageResults. Stages is the
+	// number of stages, which sets how many micro-batches are kept in
+	// flight.
+	Downstream Downstream
+	Stages     int
 }
 
 // Defaults of Options.
@@ -92,6 +103,10 @@ type ModelInfo struct {
 	// BlockSize is the KV cache block size: a router hashes prompts with
 	// blockhash.Chain(ID, tokens, BlockSize) to find cached prefixes.
 	BlockSize int
+	// Layers is the model's number of layers; Stage the layers this
+	// Model holds (all of them unless loaded as a pipeline stage).
+	Layers int
+	Stage  LayerRange
 }
 
 // Model is a loaded model. Its methods are safe for concurrent use.
@@ -108,6 +123,11 @@ type Model struct {
 	chatTemplate string
 	cache        *kvcache.Cache
 	sched        *scheduler
+	// stage is the layers held; first and last stages hold the
+	// embedding and the head (stage.go). stageMu serializes the forward
+	// passes of StageRunners, which share the pool.
+	stage   LayerRange
+	stageMu sync.Mutex
 
 	// mu guards closed and file: Generate holds it shared for its whole
 	// run, so Close (exclusive) waits for running generations before it
@@ -171,29 +191,13 @@ func newModel(f *gguf.File, opts Options) (*Model, error) {
 	if id == "" {
 		id = strings.TrimSuffix(filepath.Base(f.Name), ".gguf")
 	}
-	threads := opts.Threads
-	if threads == 0 {
-		threads = runtime.NumCPU()
-	}
-	// converted maps the tensors Options.Quantize replaced to their new
-	// type and size.
-	var converted map[string]matrix
-	if opts.Quantize != "" {
-		typ, err := parseQuantize(opts.Quantize)
-		if err != nil {
-			return nil, err
-		}
-		if converted, err = quantizeWeights(&w, typ, threads); err != nil {
-			return nil, err
-		}
-	}
-	m := &Model{hp: hp, w: w, tok: tok, threads: threads, file: f, stepBytes: stepWeightBytes(&w)}
-	if m.cache, err = newCache(&hp, id, opts); err != nil {
+	m, converted, threads, err := prepareModel(&hp, w, tok, id, opts)
+	if err != nil {
 		return nil, err
 	}
+	m.file = f
 	// A model without a template is served with the node's fallback.
 	m.chatTemplate, _ = f.String("tokenizer.chat_template")
-	m.info = ModelInfo{ID: id, Arch: hp.Arch, ContextLength: hp.Context, BlockSize: m.cache.BlockSize()}
 	bytesByType := map[gguf.Type]uint64{}
 	for _, t := range f.Tensors() {
 		typ, size := t.Type, uint64(len(t.Data))
@@ -229,12 +233,15 @@ func (m *Model) start(opts Options, threads int, bytesByType map[gguf.Type]uint6
 		maxBatch = defaultMaxBatch
 	}
 	m.pool = kernels.NewPool(threads)
-	m.sched = startScheduler(m, chunk, maxBatch)
+	m.sched = startScheduler(m, chunk, maxBatch, opts.Downstream, opts.Stages)
 }
 
 // newCache sizes the KV cache: the budget asked for, or the default, but
-// never less than one full context, so that one sequence always fits.
-func newCache(hp *hparams, id string, opts Options) (*kvcache.Cache, error) {
+// never less than one full context, so that one sequence always fits. The
+// budget is that of the whole model; a pipeline stage gets the same number
+// of blocks, each holding only its own layers, so that every stage of a
+// pipeline has room for the same positions.
+func newCache(hp *hparams, layers int, id string, opts Options) (*kvcache.Cache, error) {
 	bs := opts.BlockSize
 	if bs == 0 {
 		bs = kvcache.DefaultBlockSize
@@ -246,9 +253,11 @@ func newCache(hp *hparams, id string, opts Options) (*kvcache.Cache, error) {
 		budget = min(defaultKVContexts*context, defaultKVMaxBytes)
 	}
 	budget = max(budget, context)
+	blocks := budget / blockBytes
+	stageBlockBytes := 4 * 2 * int64(layers) * int64(bs) * int64(hp.KVDim())
 	return kvcache.New(kvcache.Config{
-		ModelID: id, BlockSize: bs, Layers: hp.Layers, KVDim: hp.KVDim(),
-		BudgetBytes: budget, OnEvent: opts.OnCacheEvent,
+		ModelID: id, BlockSize: bs, Layers: layers, KVDim: hp.KVDim(),
+		BudgetBytes: blocks * stageBlockBytes, OnEvent: opts.OnCacheEvent,
 	})
 }
 

@@ -81,7 +81,7 @@ func TestGreedyMatchesLlama2c(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	m := loadStories(t, Options{})
-	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32", BlockSize: 16}
+	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32", BlockSize: 16, Layers: 5, Stage: LayerRange{0, 5}}
 	if got := m.Info(); got != want {
 		t.Errorf("got %+v, want %+v", got, want)
 	}

@@ -161,8 +161,13 @@ func (m *Model) forward(b *batch) {
 	b.q, b.k, b.v = grow(b.q, n*qDim), grow(b.k, n*kvDim), grow(b.v, n*kvDim)
 	b.hb, b.hb2 = grow(b.hb, n*hp.Hidden), grow(b.hb2, n*hp.Hidden)
 	b.cos, b.sin = grow(b.cos, n*half), grow(b.sin, n*half)
+	// A later pipeline stage gets b.x from the stage before it.
+	if m.stage.Lo == 0 {
+		for i := range n {
+			w.embd.row(b.x[i*dim:(i+1)*dim], int(b.tokens[i]))
+		}
+	}
 	for i := range n {
-		w.embd.row(b.x[i*dim:(i+1)*dim], int(b.tokens[i]))
 		for j, f := range w.invFreq {
 			sin, cos := math.Sincos(float64(b.pos[i]) * f)
 			b.cos[i*half+j], b.sin[i*half+j] = float32(cos), float32(sin)
@@ -221,8 +226,8 @@ func (m *Model) forward(b *batch) {
 		add(b.x[:n*dim], b.tmp[:n*dim])
 	}
 	nl := len(b.logitRows)
-	if nl == 0 {
-		return
+	if nl == 0 || !m.last() {
+		return // a stage before the last leaves its output in b.x
 	}
 	b.xl = grow(b.xl, nl*dim)
 	b.logits = grow(b.logits, nl*hp.Vocab)

@@ -138,6 +138,12 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 	if m.closed {
 		return Result{}, ErrClosed
 	}
+	if m.stage.Lo != 0 {
+		return Result{}, fmt.Errorf("layers %v are a later pipeline stage: requests go to the first stage", m.stage)
+	}
+	if !m.last() && m.sched.pipe == nil {
+		return Result{}, fmt.Errorf("layers %v are a first pipeline stage without a downstream", m.stage)
+	}
 	prompt := req.PromptIDs
 	if prompt == nil {
 		var err error
@@ -174,6 +180,7 @@ func (m *Model) Generate(ctx context.Context, req Request, emit func(Delta) erro
 	q := &seq{
 		ctx: sctx, tokens: slices.Clone(prompt), prompt: len(prompt), limit: limit,
 		smp:    newSampler(req.Temperature, req.TopP, req.TopK, seed),
+		params: SamplingParams{Temperature: req.Temperature, TopP: req.TopP, TopK: req.TopK, Seed: seed},
 		notify: make(chan struct{}, 1), finished: make(chan struct{}),
 	}
 	select {

@@ -25,7 +25,8 @@ func newSingle(t testing.TB, m *Model) *single {
 }
 
 // forward runs token at position pos (which must be the sequence's
-// length) and returns the next-token logits.
+// length) and returns the next-token logits (nil for a stage before the
+// last).
 func (s *single) forward(token int32, pos int) []float32 {
 	if pos != s.kv.Len() {
 		panic("single.forward: position out of order")
@@ -37,5 +38,8 @@ func (s *single) forward(token int32, pos int) []float32 {
 	s.b.add(token, pos, s.kv, true)
 	s.m.forward(&s.b)
 	s.kv.Commit([]int32{token})
+	if !s.m.last() {
+		return nil // a pipeline stage's output is in s.b.x
+	}
 	return s.b.logits[:s.m.hp.Vocab]
 }

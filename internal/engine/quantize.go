@@ -32,9 +32,14 @@ func parseQuantize(s string) (gguf.Type, error) {
 // matrix). A tied output head stays tied. It returns the converted
 // matrices by tensor name.
 func quantizeWeights(w *weights, typ gguf.Type, threads int) (map[string]matrix, error) {
-	tied := w.output.data != nil && &w.output.data[0] == &w.embd.data[0]
-	ms := []*matrix{&w.embd}
-	if !tied {
+	// A pipeline stage holds the embedding only when first and the head
+	// only when last (selectLayers): a matrix it lacks has no data.
+	tied := w.output.data != nil && w.embd.data != nil && &w.output.data[0] == &w.embd.data[0]
+	var ms []*matrix
+	if w.embd.data != nil {
+		ms = append(ms, &w.embd)
+	}
+	if !tied && w.output.data != nil {
 		ms = append(ms, &w.output)
 	}
 	for i := range w.layers {

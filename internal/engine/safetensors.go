@@ -150,6 +150,10 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 	if threads == 0 {
 		threads = runtime.NumCPU()
 	}
+	stage, err := selectLayers(hp, &w, opts.Layers)
+	if err != nil {
+		return nil, nil, 0, err
+	}
 	var converted map[string]matrix
 	if opts.Quantize != "" {
 		typ, err := parseQuantize(opts.Quantize)
@@ -160,12 +164,11 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 			return nil, nil, 0, err
 		}
 	}
-	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w)}
-	var err error
-	if m.cache, err = newCache(hp, id, opts); err != nil {
+	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w), stage: stage}
+	if m.cache, err = newCache(hp, len(w.layers), id, opts); err != nil {
 		return nil, nil, 0, err
 	}
-	m.info = ModelInfo{ID: id, Arch: hp.Arch, ContextLength: hp.Context, BlockSize: m.cache.BlockSize()}
+	m.info = ModelInfo{ID: id, Arch: hp.Arch, ContextLength: hp.Context, BlockSize: m.cache.BlockSize(), Layers: hp.Layers, Stage: stage}
 	return m, converted, threads, nil
 }
 

@@ -19,9 +19,13 @@ type seq struct {
 	prompt int     // prompt length
 	limit  int     // tokens to sample at most
 	smp    *sampler
-	order  uint64       // submission order: older sequences go first
+	params SamplingParams // smp's, for a pipeline's last stage
+	order  uint64         // submission order (and id in a pipeline): older sequences go first
 	kv     *kvcache.Seq // nil until first admitted
 	seen   bool         // admitted once (prefix reuse counted)
+	// In a pipeline: inflight while the last stage samples its next
+	// token; sent once any of its rows went downstream.
+	inflight, sent bool
 
 	// mu guards ready, end, err and cached, which pass results to
 	// Generate; notify (capacity 1) wakes it after a change.
@@ -73,11 +77,31 @@ type scheduler struct {
 	// read it).
 	peak atomic.Int64
 
+	// A first pipeline stage's Downstream and number of stages (nil and
+	// 1 otherwise); results and failed bring what Model.StageResults and
+	// StageFailed are given.
+	pipe   Downstream
+	stages int
+	// resMu guards results, which Model.StageResults appends to without
+	// ever blocking (a pipeline's receiver must not wait for a scheduler
+	// that waits in Send); resNotify (capacity 1) wakes the scheduler.
+	resMu     sync.Mutex
+	results   []StageResult
+	resNotify chan struct{}
+	failed    chan error
+
 	// The rest belongs to the scheduler goroutine.
 	order            uint64
 	waiting, running []*seq // both in submission order
 	b                batch
 	plans            []plan
+	// A pipeline's sequences waiting for their next token, by order; the
+	// sequences finished since the last step, for the other stages to
+	// free; and the error that broke the pipeline.
+	inflight map[uint64]*seq
+	closes   []uint64
+	broken   error
+	out      StageStep
 }
 
 // plan is one sequence's part of a step: k tokens from position from.
@@ -87,10 +111,12 @@ type plan struct {
 	sampling bool // the chunk ends the known tokens: sample the next
 }
 
-func startScheduler(m *Model, chunk, maxBatch int) *scheduler {
+func startScheduler(m *Model, chunk, maxBatch int, pipe Downstream, stages int) *scheduler {
 	s := &scheduler{
 		m: m, chunk: chunk, budget: max(chunk, prefillBudget), maxBatch: maxBatch,
 		submit: make(chan *seq), quit: make(chan struct{}), done: make(chan struct{}),
+		pipe: pipe, stages: max(stages, 1), resNotify: make(chan struct{}, 1), failed: make(chan error),
+		inflight: map[uint64]*seq{},
 	}
 	go s.loop()
 	return s
@@ -105,31 +131,110 @@ func (s *scheduler) stop() {
 func (s *scheduler) loop() {
 	defer close(s.done)
 	for {
-		if len(s.waiting)+len(s.running) == 0 {
-			select {
-			case q := <-s.submit:
-				s.enqueue(q)
-			case <-s.quit:
-				return
-			}
-		}
 	drain:
 		for {
 			select {
 			case q := <-s.submit:
 				s.enqueue(q)
+			case <-s.resNotify:
+				s.deliver()
+			case err := <-s.failed:
+				s.fail(err)
 			default:
 				break drain
 			}
 		}
+		if s.broken != nil {
+			for _, list := range [][]*seq{s.waiting, s.running} {
+				for _, q := range slices.Clone(list) {
+					s.finish(q, s.broken)
+				}
+			}
+		}
 		s.dropCancelled()
 		s.admit()
-		if len(s.running) > 0 {
+		if s.ready() > 0 {
 			if n := int64(len(s.running)); n > s.peak.Load() {
 				s.peak.Store(n)
 			}
 			s.step()
+			continue
 		}
+		if len(s.closes) > 0 {
+			s.send(&StageStep{Close: s.closes})
+			s.closes = s.closes[:0]
+		}
+		// Nothing to run until a request or a pipeline's token comes.
+		select {
+		case q := <-s.submit:
+			s.enqueue(q)
+		case <-s.resNotify:
+			s.deliver()
+		case err := <-s.failed:
+			s.fail(err)
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// ready is the number of running sequences that can take a step: all of
+// them, but in a pipeline those waiting for a token.
+func (s *scheduler) ready() int {
+	n := 0
+	for _, q := range s.running {
+		if !q.inflight {
+			n++
+		}
+	}
+	return n
+}
+
+// send passes a step downstream; an error breaks the pipeline.
+func (s *scheduler) send(step *StageStep) {
+	if s.broken != nil {
+		return
+	}
+	if err := s.pipe.Send(step); err != nil {
+		s.fail(err)
+	}
+}
+
+// fail breaks the pipeline: every sequence ends with the error, now and
+// when it comes.
+func (s *scheduler) fail(err error) {
+	if s.broken == nil {
+		s.broken = fmt.Errorf("%w: %w", ErrStageFailed, err)
+	}
+}
+
+// deliver hands the tokens the last stage sampled to their sequences.
+func (s *scheduler) deliver() {
+	s.resMu.Lock()
+	res := s.results
+	s.results = nil
+	s.resMu.Unlock()
+	for _, r := range res {
+		q := s.inflight[r.Seq]
+		if q == nil {
+			continue // finished (cancelled) meanwhile
+		}
+		delete(s.inflight, r.Seq)
+		q.inflight = false
+		s.accept(q, r.Token)
+	}
+}
+
+// accept appends a sampled token to q and passes it to Generate.
+func (s *scheduler) accept(q *seq, id int32) {
+	q.tokens = append(q.tokens, id)
+	end := s.m.tok.IsEOG(id) || len(q.tokens)-q.prompt >= q.limit
+	q.mu.Lock()
+	q.ready = append(q.ready, id)
+	q.mu.Unlock()
+	q.signal()
+	if end {
+		s.finish(q, nil)
 	}
 }
 
@@ -146,6 +251,10 @@ func (s *scheduler) finish(q *seq, err error) {
 	s.waiting = slices.DeleteFunc(s.waiting, func(x *seq) bool { return x == q })
 	if q.kv != nil {
 		q.kv.Release()
+	}
+	delete(s.inflight, q.order)
+	if q.sent {
+		s.closes = append(s.closes, q.order)
 	}
 	q.mu.Lock()
 	q.end = true
@@ -189,7 +298,11 @@ func (s *scheduler) admit() {
 			q.kv = cache.NewSeq()
 		}
 		// The last known token is always computed: its logits are needed.
-		reused := q.kv.Reuse(q.tokens, len(q.tokens)-1)
+		// A pipeline reuses nothing (stage.go).
+		reused := 0
+		if s.pipe == nil {
+			reused = q.kv.Reuse(q.tokens, len(q.tokens)-1)
+		}
 		if !q.seen {
 			q.seen = true
 			q.mu.Lock()
@@ -223,8 +336,14 @@ func (s *scheduler) step() {
 	m := s.m
 	s.plans = s.plans[:0]
 	budget := s.budget
-	for i := 0; i < len(s.running); i++ {
+	// A pipeline's first stage takes a 1/stages share of the running
+	// sequences per step, so that every stage has a micro-batch to work on.
+	micro := (len(s.running) + s.stages - 1) / s.stages
+	for i := 0; i < len(s.running) && len(s.plans) < micro; i++ {
 		q := s.running[i]
+		if q.inflight {
+			continue
+		}
 		from := q.kv.Len()
 		k := min(s.chunk, len(q.tokens)-from)
 		if k > 1 {
@@ -262,6 +381,10 @@ func (s *scheduler) step() {
 		return
 	}
 	m.forward(b)
+	if s.pipe != nil {
+		s.passDown()
+		return
+	}
 	vocab := m.hp.Vocab
 	li := 0
 	for _, p := range s.plans {
@@ -270,16 +393,32 @@ func (s *scheduler) step() {
 		if !p.sampling {
 			continue
 		}
-		id := q.smp.sample(b.logits[li*vocab : (li+1)*vocab])
+		s.accept(q, q.smp.sample(b.logits[li*vocab:(li+1)*vocab]))
 		li++
-		q.tokens = append(q.tokens, id)
-		end := m.tok.IsEOG(id) || len(q.tokens)-q.prompt >= q.limit
-		q.mu.Lock()
-		q.ready = append(q.ready, id)
-		q.mu.Unlock()
-		q.signal()
-		if end {
-			s.finish(q, nil)
+	}
+}
+
+// passDown sends the step's hidden states to the next stage, with the
+// sequences finished since the last one; the sampling sequences wait for
+// their tokens.
+func (s *scheduler) passDown() {
+	out := &s.out
+	out.Rows, out.Close = out.Rows[:0], s.closes
+	out.Hidden = s.b.x[:s.b.n*s.m.hp.Dim]
+	for _, p := range s.plans {
+		q := p.q
+		q.kv.Commit(q.tokens[p.from : p.from+p.k])
+		row := StageRow{Seq: q.order, From: p.from, Tokens: q.tokens[p.from : p.from+p.k], Sample: p.sampling}
+		if p.from == 0 {
+			row.Open = &q.params
+		}
+		out.Rows = append(out.Rows, row)
+		q.sent = true
+		if p.sampling {
+			q.inflight = true
+			s.inflight[q.order] = q
 		}
 	}
+	s.send(out)
+	s.closes = s.closes[:0]
 }
