@@ -21,8 +21,8 @@ type seq struct {
 	smp    *sampler
 	params SamplingParams // smp's, for a pipeline's last stage
 	order  uint64         // submission order (and id in a pipeline): older sequences go first
-	kv     *kvcache.Seq // nil until first admitted
-	seen   bool         // admitted once (prefix reuse counted)
+	kv     *kvcache.Seq   // nil until first admitted
+	seen   bool           // admitted once (prefix reuse counted)
 	// In a pipeline: inflight while the last stage samples its next
 	// token; sent once any of its rows went downstream.
 	inflight, sent bool

@@ -27,7 +27,7 @@ type chain struct {
 	failAt, failStage int
 	sampled           int
 	mu                sync.Mutex
-	bytes             int64 // activation bytes sent over all links
+	bytes             int64      // activation bytes sent over all links
 	stepMu            sync.Mutex // held while the runners step
 }
 
