@@ -23,9 +23,12 @@ var forbidden = map[string][]string{
 	// The router imports blockhash: it must stay free of the cache and the engine.
 	"internal/kvcache/blockhash": {"net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/kvcache", mod + "internal/engine"},
 	"internal/synth":             {"net/http", "google.golang.org/grpc", mod + "proto"},
-	"internal/openai":            {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
-	"internal/pki":               {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
-	"internal/upstream":          {mod + "internal/coordinator"},
+	// The planner is a pure function; the coordinator feeds it.
+	"internal/shard":    {"net", "net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
+	"internal/linkemu":  {"google.golang.org/grpc", mod + "internal/engine", mod + "internal/node", mod + "internal/coordinator"},
+	"internal/openai":   {"google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
+	"internal/pki":      {mod + "internal/engine", mod + "internal/coordinator", mod + "internal/node"},
+	"internal/upstream": {mod + "internal/coordinator"},
 	// mDNS answers are hints: discovery decides nothing about trust and
 	// knows neither side of the cluster.
 	"internal/discovery": {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		dataDir, enrollListen                                     string
 		nodeCertTTL                                               time.Duration
 		routePolicy                                               string
+		shards                                                    []string
 		maxOutstanding, maxPerNode                                int
 		requestTimeout, hedgeAfter                                time.Duration
 		modelQuota                                                sizeFlag
@@ -82,6 +84,9 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 			if cfg.RoutePolicy, cfg.RoutePolicies, err = route.ParsePolicies(routePolicy); err != nil {
 				return fmt.Errorf("--route-policy: %w", err)
 			}
+			if cfg.Shards, err = parseShards(shards); err != nil {
+				return err
+			}
 			cfg.MaxOutstanding, cfg.MaxOutstandingPerNode, cfg.RequestTimeout, cfg.HedgeAfter = maxOutstanding, maxPerNode, requestTimeout, hedgeAfter
 			if keyFile != "" {
 				if cfg.APIKeys, err = openai.LoadAPIKeys(keyFile); err != nil {
@@ -132,6 +137,7 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 	f.StringVar(&certFile, "tls-cert", "", "certificate for HTTPS on the public API")
 	f.StringVar(&certKey, "tls-key", "", "key for --tls-cert")
 	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow plain HTTP on a non-loopback API address (logs a warning)")
+	f.StringArrayVar(&shards, "shard", nil, "serve MODEL as a pipeline: MODEL=STAGES[:f16|f32|q8] (STAGES 0 automatic, 1 off); repeatable")
 	f.StringVar(&routePolicy, "route-policy", route.PolicyComposite, "routing policy: one of "+strings.Join(route.Policies, ", ")+"; per model: POLICY,MODEL=POLICY,...")
 	f.IntVar(&maxOutstanding, "max-outstanding", 0, "requests the coordinator runs at once across all nodes before answering 429 (0: no global limit)")
 	f.IntVar(&maxPerNode, "max-outstanding-per-node", 64, "requests the coordinator sends one node at once; beyond it on every node the API answers 429")
@@ -165,4 +171,22 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseShards parses --shard MODEL=STAGES[:ACTIVATIONS] flags.
+func parseShards(flags []string) (map[string]coordinator.ShardSpec, error) {
+	out := map[string]coordinator.ShardSpec{}
+	for _, f := range flags {
+		model, rest, ok := strings.Cut(f, "=")
+		n, act, _ := strings.Cut(rest, ":")
+		stages, err := strconv.Atoi(n)
+		if !ok || model == "" || err != nil || stages < 0 {
+			return nil, fmt.Errorf("--shard %q: want MODEL=STAGES[:f16|f32|q8], e.g. tinyllama=3:f16", f)
+		}
+		if _, err := coordinator.ActivationBytes(act); err != nil {
+			return nil, fmt.Errorf("--shard %q: %w", f, err)
+		}
+		out[model] = coordinator.ShardSpec{Stages: stages, Activations: act}
+	}
+	return out, nil
 }

@@ -136,7 +136,7 @@ func rpcErr(addr string, err error) error {
 }
 
 func newModelCatalogCmds(g *globals) []*cobra.Command {
-	return []*cobra.Command{newModelAddCmd(g), newModelListCmd(g), newModelRemoveCmd(g)}
+	return []*cobra.Command{newModelAddCmd(g), newModelListCmd(g), newModelRemoveCmd(g), newModelShardCmd(g)}
 }
 
 func newModelAddCmd(g *globals) *cobra.Command {
@@ -403,6 +403,46 @@ func newModelListCmd(g *globals) *cobra.Command {
 	af.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&decisions, "decisions", true, "print the latest placement decisions under the table")
+	return cmd
+}
+
+func newModelShardCmd(g *globals) *cobra.Command {
+	var af adminFlags
+	var stages int
+	var act string
+	cmd := &cobra.Command{
+		Use:   "shard NAME",
+		Short: "Serve a model as a pipeline of stages on several nodes (--stages 0: automatic, 1: off)",
+		Long: "Splits a model's layers across nodes, each running a range of them and passing hidden states\n" +
+			"to the next over mutual-TLS gRPC. With --stages 0 a model is split only when no node can\n" +
+			"hold it. Prints the plan requests use now.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if stages < 0 {
+				return fmt.Errorf("--stages %d: want 0 (automatic), 1 (off) or more", stages)
+			}
+			return af.call(c.Context(), func(ctx context.Context, ac pb.AdminServiceClient) error {
+				resp, err := ac.ShardModel(ctx, &pb.ShardModelRequest{Model: args[0], Stages: int32(stages), Activations: act})
+				if err != nil {
+					return err
+				}
+				p := resp.GetPipeline()
+				if len(p.GetStages()) == 0 {
+					fmt.Fprintf(g.stdout, "%s: %s\n", args[0], resp.GetNote())
+					return nil
+				}
+				fmt.Fprintf(g.stdout, "%s: %d stages, %s activations, about %.1f ms per token, %d activation bytes per token\n",
+					args[0], len(p.GetStages()), p.GetActivations(), resp.GetTokenSeconds()*1000, resp.GetBytesPerToken())
+				for i, s := range p.GetStages() {
+					fmt.Fprintf(g.stdout, "  stage %d: node %s (%s) layers [%d,%d)\n", i, s.GetNode(), s.GetAddress(), s.GetLayerLo(), s.GetLayerHi())
+				}
+				return nil
+			})
+		},
+	}
+	af.register(cmd)
+	cmd.Flags().IntVar(&stages, "stages", 0, "number of stages: 0 automatic, 1 off, 2 or more exactly")
+	cmd.Flags().StringVar(&act, "activations", "f16", "hidden-state encoding on the links: f16, f32 or q8")
 	return cmd
 }
 

@@ -31,6 +31,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		threads        int
 		readyTimeout   time.Duration
 		routePolicy    string
+		shards         []string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -52,7 +53,7 @@ func newUpCmd(g *globals) *cobra.Command {
 			}
 			return runUp(c.Context(), g, upOptions{
 				nodes: nodes, api: api, dataDir: dataDir, model: model, threads: threads, readyTimeout: readyTimeout, apiKeyFile: keyFile,
-				routePolicy: routePolicy,
+				routePolicy: routePolicy, shards: shards,
 			})
 		},
 	}
@@ -65,6 +66,7 @@ func newUpCmd(g *globals) *cobra.Command {
 	f.IntVar(&threads, "threads", 0, "compute threads per node (default: cores / nodes, at least 1)")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for the cluster to serve the model")
 	f.StringVar(&routePolicy, "route-policy", "", "the coordinator's --route-policy (default: its default)")
+	f.StringArrayVar(&shards, "shard", nil, "the coordinator's --shard MODEL=STAGES[:ACTIVATIONS]: serve a model as a pipeline of stages")
 	return cmd
 }
 
@@ -76,6 +78,7 @@ type upOptions struct {
 	readyTimeout time.Duration
 	apiKeyFile   string
 	routePolicy  string
+	shards       []string
 }
 
 func defaultDataDir() (string, error) {
@@ -213,6 +216,9 @@ func runUp(ctx context.Context, g *globals, o upOptions) error {
 	}
 	if o.routePolicy != "" {
 		coordArgs = append(coordArgs, "--route-policy", o.routePolicy)
+	}
+	for _, sh := range o.shards {
+		coordArgs = append(coordArgs, "--shard", sh)
 	}
 	coord, err := start("coordinator", coordArgs...)
 	if err != nil {

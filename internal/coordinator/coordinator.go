@@ -105,6 +105,10 @@ type Config struct {
 	// through etcd (leader.go): shared live-node view, leader election for
 	// the singleton tasks. Store should then be an EtcdStore.
 	Etcd *EtcdRegistry
+	// Shards asks for models to be served as pipelines of stages
+	// (pipeline.go); models not listed are sharded only when no node
+	// holds them.
+	Shards map[string]ShardSpec
 }
 
 // Coordinator is a running coordinator.
@@ -127,6 +131,7 @@ type Coordinator struct {
 	rt      *routing
 	cat     *catalog // the model catalog and placement (catalog.go)
 	ha      *ha      // the etcd registry (leader.go); nil for a lone coordinator
+	pipes   pipelines
 }
 
 // New validates cfg. Nothing listens until Listen.
@@ -195,6 +200,11 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if err := c.initCatalog(); err != nil {
 		return nil, err
+	}
+	for model, spec := range cfg.Shards {
+		if err := c.SetShard(model, spec); err != nil {
+			return nil, fmt.Errorf("coordinator: %w", err)
+		}
 	}
 	c.recent.started = time.Now()
 	return c, nil

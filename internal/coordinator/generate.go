@@ -63,7 +63,10 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 	rr := c.prepareRoute(ctx, req, out.session)
 	tried := map[string]bool{}
 	var lastErr *openai.Error
-	if c.hedgeable(req, out) {
+	// excluded are the nodes whose pipeline stage failed during this
+	// request: re-plans leave them out.
+	excluded := map[string]bool{}
+	if c.hedgeable(req, out) && c.shardSpec(model).Stages < 2 {
 		if final, ok := c.hedged(ctx, req, &rr, out, tried); ok {
 			return final, nil
 		}
@@ -79,7 +82,13 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 	var st attempt
 	failures := 0
 	for n := 0; failures < c.cfg.MaxAttempts && n < maxAttemptsTotal; n++ {
-		m, perr := c.pick(&rr, tried)
+		pp, perr := c.planPipeline(ctx, model, excluded)
+		var m *member
+		if perr == nil && pp != nil {
+			m = pp.first
+		} else if perr == nil {
+			m, perr = c.pick(&rr, tried)
+		}
 		if perr != nil {
 			if lastErr != nil {
 				return nil, lastErr
@@ -87,10 +96,13 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 			return nil, perr
 		}
 		tried[m.name] = true
-		builtin := backendOf(m, model) == "builtin"
+		builtin := pp != nil || backendOf(m, model) == "builtin"
 		areq, final := c.attemptRequest(req, &rr, builtin, st.done)
 		if final != nil {
 			return final, nil // the tokens delivered already reached max_tokens
+		}
+		if pp != nil {
+			areq.Pipeline = pp.pb
 		}
 		before := len(st.done)
 		final, err := c.runOn(ctx, m, areq, out, &st)
@@ -114,6 +126,15 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 			return nil, openai.ErrClientClosed()
 		}
 		m.failed.Add(1)
+		if pp != nil {
+			// Re-plan without the node whose stage failed (the first
+			// stage's own node when it names none).
+			if node, ok := failedStageNode(err); ok {
+				excluded[node] = true
+			} else if nodeFault(err) {
+				excluded[m.name] = true
+			}
+		}
 		if !nodeFault(err) {
 			c.rt.breakers.release(m.name)
 		} else if c.rt.breakers.failure(m.name, time.Now()) {
@@ -206,7 +227,7 @@ func (c *Coordinator) runOn(ctx context.Context, m *member, req *pb.GenerateRequ
 			if errors.Is(err, io.EOF) {
 				err = status.Error(codes.Unavailable, "node closed the stream without a final message")
 			}
-			return nil, err
+			return nil, withFailedStage(err, stream.Trailer())
 		}
 		if first {
 			first = false

@@ -107,6 +107,15 @@ type ModelInfo struct {
 	// Model holds (all of them unless loaded as a pipeline stage).
 	Layers int
 	Stage  LayerRange
+	// The model's shape, for planning pipeline stages: the hidden size;
+	// the weight bytes of one layer (the first), of the token embedding
+	// and of the output norm and head (the embedding again when tied);
+	// and the KV-cache bytes one layer needs per position.
+	Dim                  int
+	LayerBytes           int64
+	EmbedBytes           int64
+	HeadBytes            int64
+	KVBytesPerLayerToken int64
 }
 
 // Model is a loaded model. Its methods are safe for concurrent use.

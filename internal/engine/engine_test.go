@@ -81,7 +81,8 @@ func TestGreedyMatchesLlama2c(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	m := loadStories(t, Options{})
-	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32", BlockSize: 16, Layers: 5, Stage: LayerRange{0, 5}}
+	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32", BlockSize: 16, Layers: 5, Stage: LayerRange{0, 5},
+		Dim: 64, LayerBytes: 4 * (64*64 + 2*64*32 + 64*64 + 3*64*172 + 2*64), EmbedBytes: 4 * 512 * 64, HeadBytes: 4 * (512*64 + 64), KVBytesPerLayerToken: 2 * 4 * 32}
 	if got := m.Info(); got != want {
 		t.Errorf("got %+v, want %+v", got, want)
 	}

@@ -150,6 +150,10 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 	if threads == 0 {
 		threads = runtime.NumCPU()
 	}
+	// The model's shape: sizes of what a stage does not hold are taken
+	// before selectLayers drops it (and before Quantize would convert it).
+	shape := ModelInfo{Layers: hp.Layers, Dim: hp.Dim, EmbedBytes: int64(len(w.embd.data)),
+		HeadBytes: int64(len(w.output.data) + 4*len(w.outNorm)), KVBytesPerLayerToken: 2 * 4 * int64(hp.KVDim())}
 	stage, err := selectLayers(hp, &w, opts.Layers)
 	if err != nil {
 		return nil, nil, 0, err
@@ -164,11 +168,20 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 			return nil, nil, 0, err
 		}
 	}
+	one := weights{layers: w.layers[:1]}
+	shape.LayerBytes = stepWeightBytes(&one)
+	if w.embd.data != nil {
+		shape.EmbedBytes = int64(len(w.embd.data))
+	}
+	if w.output.data != nil {
+		shape.HeadBytes = int64(len(w.output.data) + 4*len(w.outNorm))
+	}
 	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w), stage: stage}
 	if m.cache, err = newCache(hp, len(w.layers), id, opts); err != nil {
 		return nil, nil, 0, err
 	}
-	m.info = ModelInfo{ID: id, Arch: hp.Arch, ContextLength: hp.Context, BlockSize: m.cache.BlockSize(), Layers: hp.Layers, Stage: stage}
+	m.info = shape
+	m.info.ID, m.info.Arch, m.info.ContextLength, m.info.BlockSize, m.info.Stage = id, hp.Arch, hp.Context, m.cache.BlockSize(), stage
 	return m, converted, threads, nil
 }
 

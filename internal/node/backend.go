@@ -10,6 +10,7 @@ import (
 	"github.com/npumesh/npumesh/internal/engine"
 	"github.com/npumesh/npumesh/internal/kvcache"
 	"github.com/npumesh/npumesh/internal/tokenizer"
+	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
 )
 
 // Backend serves one model on this node. The builtin engine is one; an
@@ -49,6 +50,17 @@ type ModelInfo struct {
 	Quantization  string
 	// BlockSize is the KV-cache block size in tokens (0: no prefix cache).
 	BlockSize int
+	// Shape, for planning pipeline stages (0 when unknown, as for
+	// upstream servers); see engine.ModelInfo.
+	Layers, HiddenSize                                      int
+	LayerBytes, EmbedBytes, HeadBytes, KVBytesPerLayerToken int64
+}
+
+// setShape copies i's shape into mi.
+func setShape(mi *pb.ModelInfo, i ModelInfo) {
+	mi.Layers, mi.HiddenSize = int32(i.Layers), int32(i.HiddenSize)
+	mi.LayerBytes, mi.EmbedBytes, mi.HeadBytes = uint64(i.LayerBytes), uint64(i.EmbedBytes), uint64(i.HeadBytes)
+	mi.KvBytesPerLayerToken = uint64(i.KVBytesPerLayerToken)
 }
 
 // Request is a generation request as a backend sees it: an engine request,
@@ -74,13 +86,17 @@ type Builtin struct {
 	template string // the model's chat template, "" for none
 	// events receives the engine's KV-cache events; set by the node.
 	events atomic.Pointer[func(kvcache.Event)]
+	// path and opts are what it was loaded from, for pipeline stages of
+	// the same model (stage.go).
+	path string
+	opts engine.Options
 }
 
 var _ Backend = (*Builtin)(nil)
 
 // LoadBuiltin loads a model file with the built-in engine.
 func LoadBuiltin(path string, opts engine.Options) (*Builtin, error) {
-	b := &Builtin{}
+	b := &Builtin{path: path, opts: opts}
 	opts.OnCacheEvent = func(ev kvcache.Event) {
 		if f := b.events.Load(); f != nil {
 			(*f)(ev)
@@ -106,6 +122,9 @@ func (b *Builtin) Info() ModelInfo {
 		Parameters:    i.Parameters,
 		Quantization:  i.Quantization,
 		BlockSize:     i.BlockSize,
+		Layers:        i.Layers, HiddenSize: i.Dim,
+		LayerBytes: i.LayerBytes, EmbedBytes: i.EmbedBytes, HeadBytes: i.HeadBytes,
+		KVBytesPerLayerToken: i.KVBytesPerLayerToken,
 	}
 }
 

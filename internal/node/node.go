@@ -97,6 +97,7 @@ type Node struct {
 	cache    cacheEvents // KV-cache events waiting for the next heartbeat
 	speed    speeds      // measured decode speed per model
 	pull     *puller     // catalog model pulls; nil without Config.Pull
+	stages   *stageHost  // pipeline stages (stage.go)
 }
 
 // New validates cfg and returns a node that is not yet serving.
@@ -139,6 +140,7 @@ func New(cfg Config) (*Node, error) {
 		certs:        pki.NewReloadable(cfg.TLS),
 	}
 	n.metrics = newNodeMetrics(n)
+	n.stages = newStageHost(n)
 	if err := n.initPull(); err != nil {
 		return nil, err
 	}
@@ -189,12 +191,14 @@ func (n *Node) Run(ctx context.Context) error {
 		"/npumesh.v1.NodeService/ListModels":   {pki.RoleCoordinator, pki.RoleClient},
 		"/npumesh.v1.NodeService/GetTokenizer": {pki.RoleCoordinator, pki.RoleClient},
 		"/npumesh.v1.NodeService/FetchChunks":  {pki.RoleNode, pki.RoleCoordinator},
+		"/npumesh.v1.NodeService/Stage":        {pki.RoleNode},
 	})
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(n.certs.ServerTLS(pki.RoleCoordinator, pki.RoleClient, pki.RoleNode))),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(maxStageMessage),
 	)
 	pb.RegisterNodeServiceServer(srv, &nodeService{n: n})
 	n.health = health.NewServer()
@@ -265,6 +269,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case <-time.After(2 * time.Second):
 		srv.Stop()
 	}
+	n.stages.close()
 	for _, b := range n.backends {
 		if cerr := b.Close(); cerr != nil {
 			n.log.Warn("close backend", "err", cerr)
@@ -291,7 +296,7 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 		if a, ok := b.(Availability); ok && !a.Available() {
 			state = "unavailable"
 		}
-		out = append(out, &pb.ModelInfo{
+		mi := &pb.ModelInfo{
 			Id:            i.ID,
 			Arch:          i.Arch,
 			Backend:       i.Backend,
@@ -302,7 +307,9 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 			Quantization:  i.Quantization,
 			KvBlockSize:   int32(i.BlockSize),
 			DecodeTokS:    n.speed.get(i.ID, time.Now()),
-		})
+		}
+		setShape(mi, i)
+		out = append(out, mi)
 	}
 	return append(out, n.pulledModelInfos()...)
 }
@@ -364,6 +371,13 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	if !ok {
 		return status.Errorf(codes.NotFound, "model %q is not served by node %s", req.GetModel(), n.cfg.Name)
 	}
+	if p := req.GetPipeline(); p != nil {
+		f, err := n.stages.first(stream.Context(), req.GetModel(), p)
+		if err != nil {
+			return err
+		}
+		b = f.b
+	}
 	if a, ok := b.(Availability); ok && !a.Available() {
 		return status.Errorf(codes.Unavailable, "model %q is unavailable on node %s (its upstream server is down)", req.GetModel(), n.cfg.Name)
 	}
@@ -395,6 +409,7 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	n.speed.end(req.GetModel(), generated, time.Now())
 	if err != nil {
 		log.Debug("generate failed", "err", err)
+		pipelineTrailer(stream, err)
 		st := toStatus(err)
 		n.metrics.requests.WithLabelValues(req.GetModel(), strings.ToLower(status.Code(st).String())).Inc()
 		return st
@@ -457,7 +472,7 @@ func toStatus(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, engine.ErrInvalidRequest):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrUnavailable), errors.Is(err, engine.ErrStageFailed):
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())

@@ -74,7 +74,7 @@ func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheEvent_Kind.Descriptor instead.
 func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22, 0}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30, 0}
 }
 
 type InfoRequest struct {
@@ -517,9 +517,18 @@ type ModelInfo struct {
 	// Why the state is "failed" (or "unavailable").
 	Reason string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Fraction transferred while the state is "pulling", 0..1.
-	Progress      float64 `protobuf:"fixed64,12,opt,name=progress,proto3" json:"progress,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Progress float64 `protobuf:"fixed64,12,opt,name=progress,proto3" json:"progress,omitempty"`
+	// Shape, for planning pipeline stages (built-in models): layers, hidden
+	// size, the weight bytes of one layer and of the embedding and head, and
+	// the KV-cache bytes of one layer for one position.
+	Layers               int32  `protobuf:"varint,13,opt,name=layers,proto3" json:"layers,omitempty"`
+	HiddenSize           int32  `protobuf:"varint,14,opt,name=hidden_size,json=hiddenSize,proto3" json:"hidden_size,omitempty"`
+	LayerBytes           uint64 `protobuf:"varint,15,opt,name=layer_bytes,json=layerBytes,proto3" json:"layer_bytes,omitempty"`
+	EmbedBytes           uint64 `protobuf:"varint,16,opt,name=embed_bytes,json=embedBytes,proto3" json:"embed_bytes,omitempty"`
+	HeadBytes            uint64 `protobuf:"varint,17,opt,name=head_bytes,json=headBytes,proto3" json:"head_bytes,omitempty"`
+	KvBytesPerLayerToken uint64 `protobuf:"varint,18,opt,name=kv_bytes_per_layer_token,json=kvBytesPerLayerToken,proto3" json:"kv_bytes_per_layer_token,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -632,6 +641,48 @@ func (x *ModelInfo) GetReason() string {
 func (x *ModelInfo) GetProgress() float64 {
 	if x != nil {
 		return x.Progress
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetLayers() int32 {
+	if x != nil {
+		return x.Layers
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetHiddenSize() int32 {
+	if x != nil {
+		return x.HiddenSize
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetLayerBytes() uint64 {
+	if x != nil {
+		return x.LayerBytes
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetEmbedBytes() uint64 {
+	if x != nil {
+		return x.EmbedBytes
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetHeadBytes() uint64 {
+	if x != nil {
+		return x.HeadBytes
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetKvBytesPerLayerToken() uint64 {
+	if x != nil {
+		return x.KvBytesPerLayerToken
 	}
 	return 0
 }
@@ -883,7 +934,10 @@ type GenerateRequest struct {
 	// without emitting their text, then streams only what follows, so the
 	// client's text has no gap and no repeat; max_tokens counts only new
 	// tokens, and the Final's usage counts the resumed ones as completion.
-	ResumeIds     []int32 `protobuf:"varint,9,rep,packed,name=resume_ids,json=resumeIds,proto3" json:"resume_ids,omitempty"`
+	ResumeIds []int32 `protobuf:"varint,9,rep,packed,name=resume_ids,json=resumeIds,proto3" json:"resume_ids,omitempty"`
+	// pipeline, when set, serves the request with a model split in stages:
+	// this node runs stages[0] and chains the others.
+	Pipeline      *Pipeline `protobuf:"bytes,10,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -994,6 +1048,13 @@ func (x *GenerateRequest) GetResumeIds() []int32 {
 	return nil
 }
 
+func (x *GenerateRequest) GetPipeline() *Pipeline {
+	if x != nil {
+		return x.Pipeline
+	}
+	return nil
+}
+
 type isGenerateRequest_Prompt interface {
 	isGenerateRequest_Prompt()
 }
@@ -1021,6 +1082,534 @@ func (*GenerateRequest_Tokens) isGenerateRequest_Prompt() {}
 
 func (*GenerateRequest_Chat) isGenerateRequest_Prompt() {}
 
+// Pipeline is a plan for a sharded model: the stages in order, each a node
+// and the layers it runs.
+type Pipeline struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Stages []*PipelineStage       `protobuf:"bytes,1,rep,name=stages,proto3" json:"stages,omitempty"`
+	// Hidden-state encoding on the links: "f16" (default), "f32" or "q8".
+	Activations   string `protobuf:"bytes,2,opt,name=activations,proto3" json:"activations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pipeline) Reset() {
+	*x = Pipeline{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pipeline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pipeline) ProtoMessage() {}
+
+func (x *Pipeline) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pipeline.ProtoReflect.Descriptor instead.
+func (*Pipeline) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Pipeline) GetStages() []*PipelineStage {
+	if x != nil {
+		return x.Stages
+	}
+	return nil
+}
+
+func (x *Pipeline) GetActivations() string {
+	if x != nil {
+		return x.Activations
+	}
+	return ""
+}
+
+type PipelineStage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	LayerLo       int32                  `protobuf:"varint,3,opt,name=layer_lo,json=layerLo,proto3" json:"layer_lo,omitempty"`
+	LayerHi       int32                  `protobuf:"varint,4,opt,name=layer_hi,json=layerHi,proto3" json:"layer_hi,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineStage) Reset() {
+	*x = PipelineStage{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineStage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineStage) ProtoMessage() {}
+
+func (x *PipelineStage) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineStage.ProtoReflect.Descriptor instead.
+func (*PipelineStage) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PipelineStage) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PipelineStage) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PipelineStage) GetLayerLo() int32 {
+	if x != nil {
+		return x.LayerLo
+	}
+	return 0
+}
+
+func (x *PipelineStage) GetLayerHi() int32 {
+	if x != nil {
+		return x.LayerHi
+	}
+	return 0
+}
+
+type StageSetup struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Model       string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	LayerLo     int32                  `protobuf:"varint,2,opt,name=layer_lo,json=layerLo,proto3" json:"layer_lo,omitempty"`
+	LayerHi     int32                  `protobuf:"varint,3,opt,name=layer_hi,json=layerHi,proto3" json:"layer_hi,omitempty"`
+	Activations string                 `protobuf:"bytes,4,opt,name=activations,proto3" json:"activations,omitempty"`
+	// The stages after this one, which it chains.
+	Next          []*PipelineStage `protobuf:"bytes,5,rep,name=next,proto3" json:"next,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageSetup) Reset() {
+	*x = StageSetup{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageSetup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageSetup) ProtoMessage() {}
+
+func (x *StageSetup) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageSetup.ProtoReflect.Descriptor instead.
+func (*StageSetup) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StageSetup) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *StageSetup) GetLayerLo() int32 {
+	if x != nil {
+		return x.LayerLo
+	}
+	return 0
+}
+
+func (x *StageSetup) GetLayerHi() int32 {
+	if x != nil {
+		return x.LayerHi
+	}
+	return 0
+}
+
+func (x *StageSetup) GetActivations() string {
+	if x != nil {
+		return x.Activations
+	}
+	return ""
+}
+
+func (x *StageSetup) GetNext() []*PipelineStage {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+type StageSampling struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Temperature   float32                `protobuf:"fixed32,1,opt,name=temperature,proto3" json:"temperature,omitempty"`
+	TopP          float32                `protobuf:"fixed32,2,opt,name=top_p,json=topP,proto3" json:"top_p,omitempty"`
+	TopK          int32                  `protobuf:"varint,3,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
+	Seed          uint64                 `protobuf:"varint,4,opt,name=seed,proto3" json:"seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageSampling) Reset() {
+	*x = StageSampling{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageSampling) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageSampling) ProtoMessage() {}
+
+func (x *StageSampling) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageSampling.ProtoReflect.Descriptor instead.
+func (*StageSampling) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StageSampling) GetTemperature() float32 {
+	if x != nil {
+		return x.Temperature
+	}
+	return 0
+}
+
+func (x *StageSampling) GetTopP() float32 {
+	if x != nil {
+		return x.TopP
+	}
+	return 0
+}
+
+func (x *StageSampling) GetTopK() int32 {
+	if x != nil {
+		return x.TopK
+	}
+	return 0
+}
+
+func (x *StageSampling) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+type StageRow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	From          int32                  `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	Tokens        []int32                `protobuf:"varint,3,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
+	Sample        bool                   `protobuf:"varint,4,opt,name=sample,proto3" json:"sample,omitempty"`
+	Open          *StageSampling         `protobuf:"bytes,5,opt,name=open,proto3" json:"open,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageRow) Reset() {
+	*x = StageRow{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageRow) ProtoMessage() {}
+
+func (x *StageRow) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageRow.ProtoReflect.Descriptor instead.
+func (*StageRow) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *StageRow) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *StageRow) GetFrom() int32 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *StageRow) GetTokens() []int32 {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *StageRow) GetSample() bool {
+	if x != nil {
+		return x.Sample
+	}
+	return false
+}
+
+func (x *StageRow) GetOpen() *StageSampling {
+	if x != nil {
+		return x.Open
+	}
+	return nil
+}
+
+type StageMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Setup *StageSetup            `protobuf:"bytes,1,opt,name=setup,proto3" json:"setup,omitempty"`
+	Rows  []*StageRow            `protobuf:"bytes,2,rep,name=rows,proto3" json:"rows,omitempty"`
+	// The rows' hidden states, one vector per token, encoded as the setup's
+	// activations.
+	Hidden        []byte   `protobuf:"bytes,3,opt,name=hidden,proto3" json:"hidden,omitempty"`
+	Close         []uint64 `protobuf:"varint,4,rep,packed,name=close,proto3" json:"close,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageMessage) Reset() {
+	*x = StageMessage{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageMessage) ProtoMessage() {}
+
+func (x *StageMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageMessage.ProtoReflect.Descriptor instead.
+func (*StageMessage) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StageMessage) GetSetup() *StageSetup {
+	if x != nil {
+		return x.Setup
+	}
+	return nil
+}
+
+func (x *StageMessage) GetRows() []*StageRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *StageMessage) GetHidden() []byte {
+	if x != nil {
+		return x.Hidden
+	}
+	return nil
+}
+
+func (x *StageMessage) GetClose() []uint64 {
+	if x != nil {
+		return x.Close
+	}
+	return nil
+}
+
+type StageResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Token         int32                  `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageResult) Reset() {
+	*x = StageResult{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageResult) ProtoMessage() {}
+
+func (x *StageResult) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageResult.ProtoReflect.Descriptor instead.
+func (*StageResult) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *StageResult) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *StageResult) GetToken() int32 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+type StageReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sent once the whole chain behind this stage is set up.
+	Ready   bool           `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
+	Results []*StageResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	// The node whose stage failed, sent before the stream ends with an error.
+	FailedNode    string `protobuf:"bytes,3,opt,name=failed_node,json=failedNode,proto3" json:"failed_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageReply) Reset() {
+	*x = StageReply{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageReply) ProtoMessage() {}
+
+func (x *StageReply) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageReply.ProtoReflect.Descriptor instead.
+func (*StageReply) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StageReply) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *StageReply) GetResults() []*StageResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *StageReply) GetFailedNode() string {
+	if x != nil {
+		return x.FailedNode
+	}
+	return ""
+}
+
 type GetTokenizerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
@@ -1030,7 +1619,7 @@ type GetTokenizerRequest struct {
 
 func (x *GetTokenizerRequest) Reset() {
 	*x = GetTokenizerRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1631,7 @@ func (x *GetTokenizerRequest) String() string {
 func (*GetTokenizerRequest) ProtoMessage() {}
 
 func (x *GetTokenizerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[11]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1644,7 @@ func (x *GetTokenizerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenizerRequest.ProtoReflect.Descriptor instead.
 func (*GetTokenizerRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{11}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetTokenizerRequest) GetModel() string {
@@ -1078,7 +1667,7 @@ type GetTokenizerResponse struct {
 
 func (x *GetTokenizerResponse) Reset() {
 	*x = GetTokenizerResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1679,7 @@ func (x *GetTokenizerResponse) String() string {
 func (*GetTokenizerResponse) ProtoMessage() {}
 
 func (x *GetTokenizerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[12]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1692,7 @@ func (x *GetTokenizerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenizerResponse.ProtoReflect.Descriptor instead.
 func (*GetTokenizerResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{12}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetTokenizerResponse) GetKind() string {
@@ -1137,7 +1726,7 @@ type ChatMessage struct {
 
 func (x *ChatMessage) Reset() {
 	*x = ChatMessage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1738,7 @@ func (x *ChatMessage) String() string {
 func (*ChatMessage) ProtoMessage() {}
 
 func (x *ChatMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1751,7 @@ func (x *ChatMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
 func (*ChatMessage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChatMessage) GetRole() string {
@@ -1188,7 +1777,7 @@ type ChatPrompt struct {
 
 func (x *ChatPrompt) Reset() {
 	*x = ChatPrompt{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1789,7 @@ func (x *ChatPrompt) String() string {
 func (*ChatPrompt) ProtoMessage() {}
 
 func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1802,7 @@ func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatPrompt.ProtoReflect.Descriptor instead.
 func (*ChatPrompt) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChatPrompt) GetMessages() []*ChatMessage {
@@ -1236,7 +1825,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1837,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1850,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GenerateResponse) GetMsg() isGenerateResponse_Msg {
@@ -1318,7 +1907,7 @@ type TokenDelta struct {
 
 func (x *TokenDelta) Reset() {
 	*x = TokenDelta{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1919,7 @@ func (x *TokenDelta) String() string {
 func (*TokenDelta) ProtoMessage() {}
 
 func (x *TokenDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1932,7 @@ func (x *TokenDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenDelta.ProtoReflect.Descriptor instead.
 func (*TokenDelta) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TokenDelta) GetIds() []int32 {
@@ -1371,7 +1960,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1972,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1985,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -1431,7 +2020,7 @@ type Final struct {
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +2032,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +2045,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Final) GetUsage() *Usage {
@@ -1482,7 +2071,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +2083,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +2096,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RegisterRequest) GetInfo() *NodeInfo {
@@ -1528,7 +2117,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +2129,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +2142,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RegisterResponse) GetNodeName() string {
@@ -1583,7 +2172,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +2184,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +2197,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NodeLoad) GetInFlight() int32 {
@@ -1651,7 +2240,7 @@ type CacheEvent struct {
 
 func (x *CacheEvent) Reset() {
 	*x = CacheEvent{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +2252,7 @@ func (x *CacheEvent) String() string {
 func (*CacheEvent) ProtoMessage() {}
 
 func (x *CacheEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +2265,7 @@ func (x *CacheEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
 func (*CacheEvent) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CacheEvent) GetKind() CacheEvent_Kind {
@@ -1716,7 +2305,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +2317,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +2330,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *HeartbeatRequest) GetNodeName() string {
@@ -1802,7 +2391,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +2403,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +2416,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *HeartbeatResponse) GetAckSeq() uint64 {
@@ -1847,7 +2436,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2448,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2461,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenewRequest) GetCsrPem() []byte {
@@ -1892,7 +2481,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2493,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2506,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RenewResponse) GetCertPem() []byte {
@@ -1949,7 +2538,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2550,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2563,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *EnrollRequest) GetTokenId() string {
@@ -2015,7 +2604,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +2616,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +2629,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *EnrollResponse) GetCertPem() []byte {
@@ -2070,7 +2659,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2671,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2684,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -2130,7 +2719,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2731,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2744,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2186,7 +2775,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2787,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2800,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2264,7 +2853,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2865,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2878,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
 }
 
 type ListTokensResponse struct {
@@ -2301,7 +2890,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2902,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2915,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2345,7 +2934,7 @@ type DeleteTokenRequest struct {
 
 func (x *DeleteTokenRequest) Reset() {
 	*x = DeleteTokenRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2357,7 +2946,7 @@ func (x *DeleteTokenRequest) String() string {
 func (*DeleteTokenRequest) ProtoMessage() {}
 
 func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2370,7 +2959,7 @@ func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteTokenRequest) GetId() string {
@@ -2388,7 +2977,7 @@ type DeleteTokenResponse struct {
 
 func (x *DeleteTokenResponse) Reset() {
 	*x = DeleteTokenResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2989,7 @@ func (x *DeleteTokenResponse) String() string {
 func (*DeleteTokenResponse) ProtoMessage() {}
 
 func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +3002,7 @@ func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTokenResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTokenResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{43}
 }
 
 type RevokeNodeRequest struct {
@@ -2426,7 +3015,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2438,7 +3027,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2451,7 +3040,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RevokeNodeRequest) GetName() string {
@@ -2480,7 +3069,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +3081,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +3094,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevokeNodeResponse) GetDisconnected() bool {
@@ -2531,7 +3120,7 @@ type UnrevokeNodeRequest struct {
 
 func (x *UnrevokeNodeRequest) Reset() {
 	*x = UnrevokeNodeRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +3132,7 @@ func (x *UnrevokeNodeRequest) String() string {
 func (*UnrevokeNodeRequest) ProtoMessage() {}
 
 func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +3145,7 @@ func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UnrevokeNodeRequest) GetName() string {
@@ -2574,7 +3163,7 @@ type UnrevokeNodeResponse struct {
 
 func (x *UnrevokeNodeResponse) Reset() {
 	*x = UnrevokeNodeResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2586,7 +3175,7 @@ func (x *UnrevokeNodeResponse) String() string {
 func (*UnrevokeNodeResponse) ProtoMessage() {}
 
 func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2599,7 +3188,7 @@ func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*UnrevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{47}
 }
 
 type ListNodesRequest struct {
@@ -2610,7 +3199,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +3211,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +3224,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{48}
 }
 
 type NodeRecord struct {
@@ -2655,7 +3244,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2667,7 +3256,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2680,7 +3269,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{41}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *NodeRecord) GetName() string {
@@ -2748,7 +3337,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +3349,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +3362,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{42}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeRecord {
@@ -2796,7 +3385,7 @@ type ModelFile struct {
 
 func (x *ModelFile) Reset() {
 	*x = ModelFile{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +3397,7 @@ func (x *ModelFile) String() string {
 func (*ModelFile) ProtoMessage() {}
 
 func (x *ModelFile) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +3410,7 @@ func (x *ModelFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelFile.ProtoReflect.Descriptor instead.
 func (*ModelFile) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{43}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ModelFile) GetName() string {
@@ -2864,7 +3453,7 @@ type ModelManifest struct {
 
 func (x *ModelManifest) Reset() {
 	*x = ModelManifest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +3465,7 @@ func (x *ModelManifest) String() string {
 func (*ModelManifest) ProtoMessage() {}
 
 func (x *ModelManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +3478,7 @@ func (x *ModelManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelManifest.ProtoReflect.Descriptor instead.
 func (*ModelManifest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{44}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ModelManifest) GetName() string {
@@ -2934,7 +3523,7 @@ type FetchChunksRequest struct {
 
 func (x *FetchChunksRequest) Reset() {
 	*x = FetchChunksRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2946,7 +3535,7 @@ func (x *FetchChunksRequest) String() string {
 func (*FetchChunksRequest) ProtoMessage() {}
 
 func (x *FetchChunksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2959,7 +3548,7 @@ func (x *FetchChunksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchChunksRequest.ProtoReflect.Descriptor instead.
 func (*FetchChunksRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{45}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *FetchChunksRequest) GetModel() string {
@@ -3004,7 +3593,7 @@ type ChunkData struct {
 
 func (x *ChunkData) Reset() {
 	*x = ChunkData{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3605,7 @@ func (x *ChunkData) String() string {
 func (*ChunkData) ProtoMessage() {}
 
 func (x *ChunkData) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3618,7 @@ func (x *ChunkData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkData.ProtoReflect.Descriptor instead.
 func (*ChunkData) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{46}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ChunkData) GetSha256() string {
@@ -3068,7 +3657,7 @@ type GetAssignmentsRequest struct {
 
 func (x *GetAssignmentsRequest) Reset() {
 	*x = GetAssignmentsRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3080,7 +3669,7 @@ func (x *GetAssignmentsRequest) String() string {
 func (*GetAssignmentsRequest) ProtoMessage() {}
 
 func (x *GetAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +3682,7 @@ func (x *GetAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*GetAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{47}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{55}
 }
 
 type ChunkSource struct {
@@ -3107,7 +3696,7 @@ type ChunkSource struct {
 
 func (x *ChunkSource) Reset() {
 	*x = ChunkSource{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3119,7 +3708,7 @@ func (x *ChunkSource) String() string {
 func (*ChunkSource) ProtoMessage() {}
 
 func (x *ChunkSource) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3132,7 +3721,7 @@ func (x *ChunkSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkSource.ProtoReflect.Descriptor instead.
 func (*ChunkSource) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{48}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ChunkSource) GetNode() string {
@@ -3160,7 +3749,7 @@ type ModelAssignment struct {
 
 func (x *ModelAssignment) Reset() {
 	*x = ModelAssignment{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3172,7 +3761,7 @@ func (x *ModelAssignment) String() string {
 func (*ModelAssignment) ProtoMessage() {}
 
 func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3185,7 +3774,7 @@ func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelAssignment.ProtoReflect.Descriptor instead.
 func (*ModelAssignment) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{49}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ModelAssignment) GetManifest() *ModelManifest {
@@ -3211,7 +3800,7 @@ type GetAssignmentsResponse struct {
 
 func (x *GetAssignmentsResponse) Reset() {
 	*x = GetAssignmentsResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3812,7 @@ func (x *GetAssignmentsResponse) String() string {
 func (*GetAssignmentsResponse) ProtoMessage() {}
 
 func (x *GetAssignmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3825,7 @@ func (x *GetAssignmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssignmentsResponse.ProtoReflect.Descriptor instead.
 func (*GetAssignmentsResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{50}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetAssignmentsResponse) GetModels() []*ModelAssignment {
@@ -3262,7 +3851,7 @@ type AddModelHeader struct {
 
 func (x *AddModelHeader) Reset() {
 	*x = AddModelHeader{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3863,7 @@ func (x *AddModelHeader) String() string {
 func (*AddModelHeader) ProtoMessage() {}
 
 func (x *AddModelHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3876,7 @@ func (x *AddModelHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddModelHeader.ProtoReflect.Descriptor instead.
 func (*AddModelHeader) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{51}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *AddModelHeader) GetManifest() *ModelManifest {
@@ -3331,7 +3920,7 @@ type AddModelRequest struct {
 
 func (x *AddModelRequest) Reset() {
 	*x = AddModelRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3343,7 +3932,7 @@ func (x *AddModelRequest) String() string {
 func (*AddModelRequest) ProtoMessage() {}
 
 func (x *AddModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3356,7 +3945,7 @@ func (x *AddModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddModelRequest.ProtoReflect.Descriptor instead.
 func (*AddModelRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{52}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *AddModelRequest) GetMsg() isAddModelRequest_Msg {
@@ -3410,7 +3999,7 @@ type FileNeed struct {
 
 func (x *FileNeed) Reset() {
 	*x = FileNeed{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3422,7 +4011,7 @@ func (x *FileNeed) String() string {
 func (*FileNeed) ProtoMessage() {}
 
 func (x *FileNeed) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3435,7 +4024,7 @@ func (x *FileNeed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileNeed.ProtoReflect.Descriptor instead.
 func (*FileNeed) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{53}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FileNeed) GetSha256() string {
@@ -3464,7 +4053,7 @@ type AddModelResponse struct {
 
 func (x *AddModelResponse) Reset() {
 	*x = AddModelResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3476,7 +4065,7 @@ func (x *AddModelResponse) String() string {
 func (*AddModelResponse) ProtoMessage() {}
 
 func (x *AddModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3489,7 +4078,7 @@ func (x *AddModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddModelResponse.ProtoReflect.Descriptor instead.
 func (*AddModelResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{54}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AddModelResponse) GetNeed() []*FileNeed {
@@ -3519,7 +4108,7 @@ type ReplicaStatus struct {
 
 func (x *ReplicaStatus) Reset() {
 	*x = ReplicaStatus{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3531,7 +4120,7 @@ func (x *ReplicaStatus) String() string {
 func (*ReplicaStatus) ProtoMessage() {}
 
 func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3544,7 +4133,7 @@ func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaStatus) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{55}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ReplicaStatus) GetNode() string {
@@ -3593,7 +4182,7 @@ type CatalogModel struct {
 
 func (x *CatalogModel) Reset() {
 	*x = CatalogModel{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3605,7 +4194,7 @@ func (x *CatalogModel) String() string {
 func (*CatalogModel) ProtoMessage() {}
 
 func (x *CatalogModel) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3618,7 +4207,7 @@ func (x *CatalogModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CatalogModel.ProtoReflect.Descriptor instead.
 func (*CatalogModel) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{56}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CatalogModel) GetName() string {
@@ -3692,7 +4281,7 @@ type ListCatalogRequest struct {
 
 func (x *ListCatalogRequest) Reset() {
 	*x = ListCatalogRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3704,7 +4293,7 @@ func (x *ListCatalogRequest) String() string {
 func (*ListCatalogRequest) ProtoMessage() {}
 
 func (x *ListCatalogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3717,7 +4306,7 @@ func (x *ListCatalogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCatalogRequest.ProtoReflect.Descriptor instead.
 func (*ListCatalogRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{57}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{65}
 }
 
 type ListCatalogResponse struct {
@@ -3729,7 +4318,7 @@ type ListCatalogResponse struct {
 
 func (x *ListCatalogResponse) Reset() {
 	*x = ListCatalogResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +4330,7 @@ func (x *ListCatalogResponse) String() string {
 func (*ListCatalogResponse) ProtoMessage() {}
 
 func (x *ListCatalogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +4343,7 @@ func (x *ListCatalogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCatalogResponse.ProtoReflect.Descriptor instead.
 func (*ListCatalogResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{58}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListCatalogResponse) GetModels() []*CatalogModel {
@@ -3773,7 +4362,7 @@ type RemoveModelRequest struct {
 
 func (x *RemoveModelRequest) Reset() {
 	*x = RemoveModelRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +4374,7 @@ func (x *RemoveModelRequest) String() string {
 func (*RemoveModelRequest) ProtoMessage() {}
 
 func (x *RemoveModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +4387,7 @@ func (x *RemoveModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveModelRequest.ProtoReflect.Descriptor instead.
 func (*RemoveModelRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{59}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RemoveModelRequest) GetName() string {
@@ -3816,7 +4405,7 @@ type RemoveModelResponse struct {
 
 func (x *RemoveModelResponse) Reset() {
 	*x = RemoveModelResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3828,7 +4417,7 @@ func (x *RemoveModelResponse) String() string {
 func (*RemoveModelResponse) ProtoMessage() {}
 
 func (x *RemoveModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3841,7 +4430,141 @@ func (x *RemoveModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveModelResponse.ProtoReflect.Descriptor instead.
 func (*RemoveModelResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{60}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{68}
+}
+
+type ShardModelRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// 0: automatic (sharded only when no node holds the model), 1: off,
+	// >= 2: exactly that many stages.
+	Stages int32 `protobuf:"varint,2,opt,name=stages,proto3" json:"stages,omitempty"`
+	// "f16" (default), "f32" or "q8".
+	Activations   string `protobuf:"bytes,3,opt,name=activations,proto3" json:"activations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardModelRequest) Reset() {
+	*x = ShardModelRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardModelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardModelRequest) ProtoMessage() {}
+
+func (x *ShardModelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardModelRequest.ProtoReflect.Descriptor instead.
+func (*ShardModelRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *ShardModelRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ShardModelRequest) GetStages() int32 {
+	if x != nil {
+		return x.Stages
+	}
+	return 0
+}
+
+func (x *ShardModelRequest) GetActivations() string {
+	if x != nil {
+		return x.Activations
+	}
+	return ""
+}
+
+type ShardModelResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The plan now; empty when the model is served whole.
+	Pipeline *Pipeline `protobuf:"bytes,1,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
+	// Estimated decode time per token and activation bytes per token.
+	TokenSeconds  float64 `protobuf:"fixed64,2,opt,name=token_seconds,json=tokenSeconds,proto3" json:"token_seconds,omitempty"`
+	BytesPerToken int64   `protobuf:"varint,3,opt,name=bytes_per_token,json=bytesPerToken,proto3" json:"bytes_per_token,omitempty"`
+	// Why there is no plan (e.g. no node serves the model yet).
+	Note          string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardModelResponse) Reset() {
+	*x = ShardModelResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardModelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardModelResponse) ProtoMessage() {}
+
+func (x *ShardModelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardModelResponse.ProtoReflect.Descriptor instead.
+func (*ShardModelResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *ShardModelResponse) GetPipeline() *Pipeline {
+	if x != nil {
+		return x.Pipeline
+	}
+	return nil
+}
+
+func (x *ShardModelResponse) GetTokenSeconds() float64 {
+	if x != nil {
+		return x.TokenSeconds
+	}
+	return 0
+}
+
+func (x *ShardModelResponse) GetBytesPerToken() int64 {
+	if x != nil {
+		return x.BytesPerToken
+	}
+	return 0
+}
+
+func (x *ShardModelResponse) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
 }
 
 var File_npumesh_v1_npumesh_proto protoreflect.FileDescriptor
@@ -3892,7 +4615,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x0fsampled_unix_ms\x18\x05 \x01(\x03R\rsampledUnixMs\"6\n" +
 	"\x06Sensor\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xe3\x02\n" +
+	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xb5\x04\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x18\n" +
@@ -3910,7 +4633,17 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\rkv_block_size\x18\n" +
 	" \x01(\x05R\vkvBlockSize\x12\x16\n" +
 	"\x06reason\x18\v \x01(\tR\x06reason\x12\x1a\n" +
-	"\bprogress\x18\f \x01(\x01R\bprogress\"\x13\n" +
+	"\bprogress\x18\f \x01(\x01R\bprogress\x12\x16\n" +
+	"\x06layers\x18\r \x01(\x05R\x06layers\x12\x1f\n" +
+	"\vhidden_size\x18\x0e \x01(\x05R\n" +
+	"hiddenSize\x12\x1f\n" +
+	"\vlayer_bytes\x18\x0f \x01(\x04R\n" +
+	"layerBytes\x12\x1f\n" +
+	"\vembed_bytes\x18\x10 \x01(\x04R\n" +
+	"embedBytes\x12\x1d\n" +
+	"\n" +
+	"head_bytes\x18\x11 \x01(\x04R\theadBytes\x126\n" +
+	"\x18kv_bytes_per_layer_token\x18\x12 \x01(\x04R\x14kvBytesPerLayerToken\"\x13\n" +
 	"\x11ListModelsRequest\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.npumesh.v1.ModelInfoR\x06models\"\x9a\x02\n" +
@@ -3925,7 +4658,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x10presence_penalty\x18\b \x01(\x02R\x0fpresencePenaltyB\a\n" +
 	"\x05_seed\"\x1c\n" +
 	"\bTokenIDs\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xce\x02\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\x80\x03\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -3938,8 +4671,50 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"max_tokens\x18\x06 \x01(\x05R\tmaxTokens\x12\x12\n" +
 	"\x04stop\x18\a \x03(\tR\x04stop\x12\x1d\n" +
 	"\n" +
-	"resume_ids\x18\t \x03(\x05R\tresumeIdsB\b\n" +
-	"\x06prompt\"+\n" +
+	"resume_ids\x18\t \x03(\x05R\tresumeIds\x120\n" +
+	"\bpipeline\x18\n" +
+	" \x01(\v2\x14.npumesh.v1.PipelineR\bpipelineB\b\n" +
+	"\x06prompt\"_\n" +
+	"\bPipeline\x121\n" +
+	"\x06stages\x18\x01 \x03(\v2\x19.npumesh.v1.PipelineStageR\x06stages\x12 \n" +
+	"\vactivations\x18\x02 \x01(\tR\vactivations\"s\n" +
+	"\rPipelineStage\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x19\n" +
+	"\blayer_lo\x18\x03 \x01(\x05R\alayerLo\x12\x19\n" +
+	"\blayer_hi\x18\x04 \x01(\x05R\alayerHi\"\xa9\x01\n" +
+	"\n" +
+	"StageSetup\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x19\n" +
+	"\blayer_lo\x18\x02 \x01(\x05R\alayerLo\x12\x19\n" +
+	"\blayer_hi\x18\x03 \x01(\x05R\alayerHi\x12 \n" +
+	"\vactivations\x18\x04 \x01(\tR\vactivations\x12-\n" +
+	"\x04next\x18\x05 \x03(\v2\x19.npumesh.v1.PipelineStageR\x04next\"o\n" +
+	"\rStageSampling\x12 \n" +
+	"\vtemperature\x18\x01 \x01(\x02R\vtemperature\x12\x13\n" +
+	"\x05top_p\x18\x02 \x01(\x02R\x04topP\x12\x13\n" +
+	"\x05top_k\x18\x03 \x01(\x05R\x04topK\x12\x12\n" +
+	"\x04seed\x18\x04 \x01(\x04R\x04seed\"\x8f\x01\n" +
+	"\bStageRow\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x05R\x04from\x12\x16\n" +
+	"\x06tokens\x18\x03 \x03(\x05R\x06tokens\x12\x16\n" +
+	"\x06sample\x18\x04 \x01(\bR\x06sample\x12-\n" +
+	"\x04open\x18\x05 \x01(\v2\x19.npumesh.v1.StageSamplingR\x04open\"\x94\x01\n" +
+	"\fStageMessage\x12,\n" +
+	"\x05setup\x18\x01 \x01(\v2\x16.npumesh.v1.StageSetupR\x05setup\x12(\n" +
+	"\x04rows\x18\x02 \x03(\v2\x14.npumesh.v1.StageRowR\x04rows\x12\x16\n" +
+	"\x06hidden\x18\x03 \x01(\fR\x06hidden\x12\x14\n" +
+	"\x05close\x18\x04 \x03(\x04R\x05close\"5\n" +
+	"\vStageResult\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\x05R\x05token\"v\n" +
+	"\n" +
+	"StageReply\x12\x14\n" +
+	"\x05ready\x18\x01 \x01(\bR\x05ready\x121\n" +
+	"\aresults\x18\x02 \x03(\v2\x17.npumesh.v1.StageResultR\aresults\x12\x1f\n" +
+	"\vfailed_node\x18\x03 \x01(\tR\n" +
+	"failedNode\"+\n" +
 	"\x13GetTokenizerRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\"b\n" +
 	"\x14GetTokenizerResponse\x12\x12\n" +
@@ -4122,14 +4897,24 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x06models\x18\x01 \x03(\v2\x18.npumesh.v1.CatalogModelR\x06models\"(\n" +
 	"\x12RemoveModelRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
-	"\x13RemoveModelResponse2\xf5\x02\n" +
+	"\x13RemoveModelResponse\"c\n" +
+	"\x11ShardModelRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
+	"\x06stages\x18\x02 \x01(\x05R\x06stages\x12 \n" +
+	"\vactivations\x18\x03 \x01(\tR\vactivations\"\xa7\x01\n" +
+	"\x12ShardModelResponse\x120\n" +
+	"\bpipeline\x18\x01 \x01(\v2\x14.npumesh.v1.PipelineR\bpipeline\x12#\n" +
+	"\rtoken_seconds\x18\x02 \x01(\x01R\ftokenSeconds\x12&\n" +
+	"\x0fbytes_per_token\x18\x03 \x01(\x03R\rbytesPerToken\x12\x12\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note2\xb4\x03\n" +
 	"\vNodeService\x125\n" +
 	"\x04Info\x12\x17.npumesh.v1.InfoRequest\x1a\x14.npumesh.v1.NodeInfo\x12G\n" +
 	"\bGenerate\x12\x1b.npumesh.v1.GenerateRequest\x1a\x1c.npumesh.v1.GenerateResponse0\x01\x12K\n" +
 	"\n" +
 	"ListModels\x12\x1d.npumesh.v1.ListModelsRequest\x1a\x1e.npumesh.v1.ListModelsResponse\x12Q\n" +
 	"\fGetTokenizer\x12\x1f.npumesh.v1.GetTokenizerRequest\x1a .npumesh.v1.GetTokenizerResponse\x12F\n" +
-	"\vFetchChunks\x12\x1e.npumesh.v1.FetchChunksRequest\x1a\x15.npumesh.v1.ChunkData0\x012\x84\x03\n" +
+	"\vFetchChunks\x12\x1e.npumesh.v1.FetchChunksRequest\x1a\x15.npumesh.v1.ChunkData0\x01\x12=\n" +
+	"\x05Stage\x12\x18.npumesh.v1.StageMessage\x1a\x16.npumesh.v1.StageReply(\x010\x012\x84\x03\n" +
 	"\x0eControlService\x12E\n" +
 	"\bRegister\x12\x1b.npumesh.v1.RegisterRequest\x1a\x1c.npumesh.v1.RegisterResponse\x12L\n" +
 	"\tHeartbeat\x12\x1c.npumesh.v1.HeartbeatRequest\x1a\x1d.npumesh.v1.HeartbeatResponse(\x010\x01\x12<\n" +
@@ -4137,7 +4922,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x0eGetAssignments\x12!.npumesh.v1.GetAssignmentsRequest\x1a\".npumesh.v1.GetAssignmentsResponse\x12F\n" +
 	"\vFetchChunks\x12\x1e.npumesh.v1.FetchChunksRequest\x1a\x15.npumesh.v1.ChunkData0\x012T\n" +
 	"\x11EnrollmentService\x12?\n" +
-	"\x06Enroll\x12\x19.npumesh.v1.EnrollRequest\x1a\x1a.npumesh.v1.EnrollResponse2\xd0\x05\n" +
+	"\x06Enroll\x12\x19.npumesh.v1.EnrollRequest\x1a\x1a.npumesh.v1.EnrollResponse2\x9d\x06\n" +
 	"\fAdminService\x12N\n" +
 	"\vCreateToken\x12\x1e.npumesh.v1.CreateTokenRequest\x1a\x1f.npumesh.v1.CreateTokenResponse\x12K\n" +
 	"\n" +
@@ -4149,7 +4934,9 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\tListNodes\x12\x1c.npumesh.v1.ListNodesRequest\x1a\x1d.npumesh.v1.ListNodesResponse\x12I\n" +
 	"\bAddModel\x12\x1b.npumesh.v1.AddModelRequest\x1a\x1c.npumesh.v1.AddModelResponse(\x010\x01\x12N\n" +
 	"\vListCatalog\x12\x1e.npumesh.v1.ListCatalogRequest\x1a\x1f.npumesh.v1.ListCatalogResponse\x12N\n" +
-	"\vRemoveModel\x12\x1e.npumesh.v1.RemoveModelRequest\x1a\x1f.npumesh.v1.RemoveModelResponseB7Z5github.com/npumesh/npumesh/proto/npumesh/v1;npumeshv1b\x06proto3"
+	"\vRemoveModel\x12\x1e.npumesh.v1.RemoveModelRequest\x1a\x1f.npumesh.v1.RemoveModelResponse\x12K\n" +
+	"\n" +
+	"ShardModel\x12\x1d.npumesh.v1.ShardModelRequest\x1a\x1e.npumesh.v1.ShardModelResponseB7Z5github.com/npumesh/npumesh/proto/npumesh/v1;npumeshv1b\x06proto3"
 
 var (
 	file_npumesh_v1_npumesh_proto_rawDescOnce sync.Once
@@ -4164,7 +4951,7 @@ func file_npumesh_v1_npumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_npumesh_v1_npumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_npumesh_v1_npumesh_proto_goTypes = []any{
 	(CacheEvent_Kind)(0),           // 0: npumesh.v1.CacheEvent.Kind
 	(*InfoRequest)(nil),            // 1: npumesh.v1.InfoRequest
@@ -4178,56 +4965,66 @@ var file_npumesh_v1_npumesh_proto_goTypes = []any{
 	(*SamplingParams)(nil),         // 9: npumesh.v1.SamplingParams
 	(*TokenIDs)(nil),               // 10: npumesh.v1.TokenIDs
 	(*GenerateRequest)(nil),        // 11: npumesh.v1.GenerateRequest
-	(*GetTokenizerRequest)(nil),    // 12: npumesh.v1.GetTokenizerRequest
-	(*GetTokenizerResponse)(nil),   // 13: npumesh.v1.GetTokenizerResponse
-	(*ChatMessage)(nil),            // 14: npumesh.v1.ChatMessage
-	(*ChatPrompt)(nil),             // 15: npumesh.v1.ChatPrompt
-	(*GenerateResponse)(nil),       // 16: npumesh.v1.GenerateResponse
-	(*TokenDelta)(nil),             // 17: npumesh.v1.TokenDelta
-	(*Usage)(nil),                  // 18: npumesh.v1.Usage
-	(*Final)(nil),                  // 19: npumesh.v1.Final
-	(*RegisterRequest)(nil),        // 20: npumesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),       // 21: npumesh.v1.RegisterResponse
-	(*NodeLoad)(nil),               // 22: npumesh.v1.NodeLoad
-	(*CacheEvent)(nil),             // 23: npumesh.v1.CacheEvent
-	(*HeartbeatRequest)(nil),       // 24: npumesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 25: npumesh.v1.HeartbeatResponse
-	(*RenewRequest)(nil),           // 26: npumesh.v1.RenewRequest
-	(*RenewResponse)(nil),          // 27: npumesh.v1.RenewResponse
-	(*EnrollRequest)(nil),          // 28: npumesh.v1.EnrollRequest
-	(*EnrollResponse)(nil),         // 29: npumesh.v1.EnrollResponse
-	(*CreateTokenRequest)(nil),     // 30: npumesh.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),    // 31: npumesh.v1.CreateTokenResponse
-	(*TokenInfo)(nil),              // 32: npumesh.v1.TokenInfo
-	(*ListTokensRequest)(nil),      // 33: npumesh.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),     // 34: npumesh.v1.ListTokensResponse
-	(*DeleteTokenRequest)(nil),     // 35: npumesh.v1.DeleteTokenRequest
-	(*DeleteTokenResponse)(nil),    // 36: npumesh.v1.DeleteTokenResponse
-	(*RevokeNodeRequest)(nil),      // 37: npumesh.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),     // 38: npumesh.v1.RevokeNodeResponse
-	(*UnrevokeNodeRequest)(nil),    // 39: npumesh.v1.UnrevokeNodeRequest
-	(*UnrevokeNodeResponse)(nil),   // 40: npumesh.v1.UnrevokeNodeResponse
-	(*ListNodesRequest)(nil),       // 41: npumesh.v1.ListNodesRequest
-	(*NodeRecord)(nil),             // 42: npumesh.v1.NodeRecord
-	(*ListNodesResponse)(nil),      // 43: npumesh.v1.ListNodesResponse
-	(*ModelFile)(nil),              // 44: npumesh.v1.ModelFile
-	(*ModelManifest)(nil),          // 45: npumesh.v1.ModelManifest
-	(*FetchChunksRequest)(nil),     // 46: npumesh.v1.FetchChunksRequest
-	(*ChunkData)(nil),              // 47: npumesh.v1.ChunkData
-	(*GetAssignmentsRequest)(nil),  // 48: npumesh.v1.GetAssignmentsRequest
-	(*ChunkSource)(nil),            // 49: npumesh.v1.ChunkSource
-	(*ModelAssignment)(nil),        // 50: npumesh.v1.ModelAssignment
-	(*GetAssignmentsResponse)(nil), // 51: npumesh.v1.GetAssignmentsResponse
-	(*AddModelHeader)(nil),         // 52: npumesh.v1.AddModelHeader
-	(*AddModelRequest)(nil),        // 53: npumesh.v1.AddModelRequest
-	(*FileNeed)(nil),               // 54: npumesh.v1.FileNeed
-	(*AddModelResponse)(nil),       // 55: npumesh.v1.AddModelResponse
-	(*ReplicaStatus)(nil),          // 56: npumesh.v1.ReplicaStatus
-	(*CatalogModel)(nil),           // 57: npumesh.v1.CatalogModel
-	(*ListCatalogRequest)(nil),     // 58: npumesh.v1.ListCatalogRequest
-	(*ListCatalogResponse)(nil),    // 59: npumesh.v1.ListCatalogResponse
-	(*RemoveModelRequest)(nil),     // 60: npumesh.v1.RemoveModelRequest
-	(*RemoveModelResponse)(nil),    // 61: npumesh.v1.RemoveModelResponse
+	(*Pipeline)(nil),               // 12: npumesh.v1.Pipeline
+	(*PipelineStage)(nil),          // 13: npumesh.v1.PipelineStage
+	(*StageSetup)(nil),             // 14: npumesh.v1.StageSetup
+	(*StageSampling)(nil),          // 15: npumesh.v1.StageSampling
+	(*StageRow)(nil),               // 16: npumesh.v1.StageRow
+	(*StageMessage)(nil),           // 17: npumesh.v1.StageMessage
+	(*StageResult)(nil),            // 18: npumesh.v1.StageResult
+	(*StageReply)(nil),             // 19: npumesh.v1.StageReply
+	(*GetTokenizerRequest)(nil),    // 20: npumesh.v1.GetTokenizerRequest
+	(*GetTokenizerResponse)(nil),   // 21: npumesh.v1.GetTokenizerResponse
+	(*ChatMessage)(nil),            // 22: npumesh.v1.ChatMessage
+	(*ChatPrompt)(nil),             // 23: npumesh.v1.ChatPrompt
+	(*GenerateResponse)(nil),       // 24: npumesh.v1.GenerateResponse
+	(*TokenDelta)(nil),             // 25: npumesh.v1.TokenDelta
+	(*Usage)(nil),                  // 26: npumesh.v1.Usage
+	(*Final)(nil),                  // 27: npumesh.v1.Final
+	(*RegisterRequest)(nil),        // 28: npumesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),       // 29: npumesh.v1.RegisterResponse
+	(*NodeLoad)(nil),               // 30: npumesh.v1.NodeLoad
+	(*CacheEvent)(nil),             // 31: npumesh.v1.CacheEvent
+	(*HeartbeatRequest)(nil),       // 32: npumesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 33: npumesh.v1.HeartbeatResponse
+	(*RenewRequest)(nil),           // 34: npumesh.v1.RenewRequest
+	(*RenewResponse)(nil),          // 35: npumesh.v1.RenewResponse
+	(*EnrollRequest)(nil),          // 36: npumesh.v1.EnrollRequest
+	(*EnrollResponse)(nil),         // 37: npumesh.v1.EnrollResponse
+	(*CreateTokenRequest)(nil),     // 38: npumesh.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),    // 39: npumesh.v1.CreateTokenResponse
+	(*TokenInfo)(nil),              // 40: npumesh.v1.TokenInfo
+	(*ListTokensRequest)(nil),      // 41: npumesh.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 42: npumesh.v1.ListTokensResponse
+	(*DeleteTokenRequest)(nil),     // 43: npumesh.v1.DeleteTokenRequest
+	(*DeleteTokenResponse)(nil),    // 44: npumesh.v1.DeleteTokenResponse
+	(*RevokeNodeRequest)(nil),      // 45: npumesh.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),     // 46: npumesh.v1.RevokeNodeResponse
+	(*UnrevokeNodeRequest)(nil),    // 47: npumesh.v1.UnrevokeNodeRequest
+	(*UnrevokeNodeResponse)(nil),   // 48: npumesh.v1.UnrevokeNodeResponse
+	(*ListNodesRequest)(nil),       // 49: npumesh.v1.ListNodesRequest
+	(*NodeRecord)(nil),             // 50: npumesh.v1.NodeRecord
+	(*ListNodesResponse)(nil),      // 51: npumesh.v1.ListNodesResponse
+	(*ModelFile)(nil),              // 52: npumesh.v1.ModelFile
+	(*ModelManifest)(nil),          // 53: npumesh.v1.ModelManifest
+	(*FetchChunksRequest)(nil),     // 54: npumesh.v1.FetchChunksRequest
+	(*ChunkData)(nil),              // 55: npumesh.v1.ChunkData
+	(*GetAssignmentsRequest)(nil),  // 56: npumesh.v1.GetAssignmentsRequest
+	(*ChunkSource)(nil),            // 57: npumesh.v1.ChunkSource
+	(*ModelAssignment)(nil),        // 58: npumesh.v1.ModelAssignment
+	(*GetAssignmentsResponse)(nil), // 59: npumesh.v1.GetAssignmentsResponse
+	(*AddModelHeader)(nil),         // 60: npumesh.v1.AddModelHeader
+	(*AddModelRequest)(nil),        // 61: npumesh.v1.AddModelRequest
+	(*FileNeed)(nil),               // 62: npumesh.v1.FileNeed
+	(*AddModelResponse)(nil),       // 63: npumesh.v1.AddModelResponse
+	(*ReplicaStatus)(nil),          // 64: npumesh.v1.ReplicaStatus
+	(*CatalogModel)(nil),           // 65: npumesh.v1.CatalogModel
+	(*ListCatalogRequest)(nil),     // 66: npumesh.v1.ListCatalogRequest
+	(*ListCatalogResponse)(nil),    // 67: npumesh.v1.ListCatalogResponse
+	(*RemoveModelRequest)(nil),     // 68: npumesh.v1.RemoveModelRequest
+	(*RemoveModelResponse)(nil),    // 69: npumesh.v1.RemoveModelResponse
+	(*ShardModelRequest)(nil),      // 70: npumesh.v1.ShardModelRequest
+	(*ShardModelResponse)(nil),     // 71: npumesh.v1.ShardModelResponse
 }
 var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	3,  // 0: npumesh.v1.NodeInfo.accelerators:type_name -> npumesh.v1.Accelerator
@@ -4236,77 +5033,89 @@ var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	5,  // 3: npumesh.v1.Telemetry.sensors:type_name -> npumesh.v1.Sensor
 	6,  // 4: npumesh.v1.ListModelsResponse.models:type_name -> npumesh.v1.ModelInfo
 	10, // 5: npumesh.v1.GenerateRequest.tokens:type_name -> npumesh.v1.TokenIDs
-	15, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
+	23, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
 	9,  // 7: npumesh.v1.GenerateRequest.sampling:type_name -> npumesh.v1.SamplingParams
-	14, // 8: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
-	17, // 9: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
-	19, // 10: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
-	18, // 11: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
-	2,  // 12: npumesh.v1.RegisterRequest.info:type_name -> npumesh.v1.NodeInfo
-	0,  // 13: npumesh.v1.CacheEvent.kind:type_name -> npumesh.v1.CacheEvent.Kind
-	22, // 14: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
-	6,  // 15: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
-	23, // 16: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
-	4,  // 17: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
-	32, // 18: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
-	32, // 19: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
-	42, // 20: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
-	44, // 21: npumesh.v1.ModelManifest.files:type_name -> npumesh.v1.ModelFile
-	45, // 22: npumesh.v1.ModelAssignment.manifest:type_name -> npumesh.v1.ModelManifest
-	49, // 23: npumesh.v1.ModelAssignment.sources:type_name -> npumesh.v1.ChunkSource
-	50, // 24: npumesh.v1.GetAssignmentsResponse.models:type_name -> npumesh.v1.ModelAssignment
-	45, // 25: npumesh.v1.AddModelHeader.manifest:type_name -> npumesh.v1.ModelManifest
-	52, // 26: npumesh.v1.AddModelRequest.header:type_name -> npumesh.v1.AddModelHeader
-	47, // 27: npumesh.v1.AddModelRequest.chunk:type_name -> npumesh.v1.ChunkData
-	54, // 28: npumesh.v1.AddModelResponse.need:type_name -> npumesh.v1.FileNeed
-	57, // 29: npumesh.v1.AddModelResponse.done:type_name -> npumesh.v1.CatalogModel
-	56, // 30: npumesh.v1.CatalogModel.replica_status:type_name -> npumesh.v1.ReplicaStatus
-	57, // 31: npumesh.v1.ListCatalogResponse.models:type_name -> npumesh.v1.CatalogModel
-	1,  // 32: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
-	11, // 33: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
-	7,  // 34: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
-	12, // 35: npumesh.v1.NodeService.GetTokenizer:input_type -> npumesh.v1.GetTokenizerRequest
-	46, // 36: npumesh.v1.NodeService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
-	20, // 37: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
-	24, // 38: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
-	26, // 39: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
-	48, // 40: npumesh.v1.ControlService.GetAssignments:input_type -> npumesh.v1.GetAssignmentsRequest
-	46, // 41: npumesh.v1.ControlService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
-	28, // 42: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
-	30, // 43: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
-	33, // 44: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
-	35, // 45: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
-	37, // 46: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
-	39, // 47: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
-	41, // 48: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
-	53, // 49: npumesh.v1.AdminService.AddModel:input_type -> npumesh.v1.AddModelRequest
-	58, // 50: npumesh.v1.AdminService.ListCatalog:input_type -> npumesh.v1.ListCatalogRequest
-	60, // 51: npumesh.v1.AdminService.RemoveModel:input_type -> npumesh.v1.RemoveModelRequest
-	2,  // 52: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
-	16, // 53: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
-	8,  // 54: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
-	13, // 55: npumesh.v1.NodeService.GetTokenizer:output_type -> npumesh.v1.GetTokenizerResponse
-	47, // 56: npumesh.v1.NodeService.FetchChunks:output_type -> npumesh.v1.ChunkData
-	21, // 57: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
-	25, // 58: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
-	27, // 59: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
-	51, // 60: npumesh.v1.ControlService.GetAssignments:output_type -> npumesh.v1.GetAssignmentsResponse
-	47, // 61: npumesh.v1.ControlService.FetchChunks:output_type -> npumesh.v1.ChunkData
-	29, // 62: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
-	31, // 63: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
-	34, // 64: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
-	36, // 65: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
-	38, // 66: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
-	40, // 67: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
-	43, // 68: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
-	55, // 69: npumesh.v1.AdminService.AddModel:output_type -> npumesh.v1.AddModelResponse
-	59, // 70: npumesh.v1.AdminService.ListCatalog:output_type -> npumesh.v1.ListCatalogResponse
-	61, // 71: npumesh.v1.AdminService.RemoveModel:output_type -> npumesh.v1.RemoveModelResponse
-	52, // [52:72] is the sub-list for method output_type
-	32, // [32:52] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	12, // 8: npumesh.v1.GenerateRequest.pipeline:type_name -> npumesh.v1.Pipeline
+	13, // 9: npumesh.v1.Pipeline.stages:type_name -> npumesh.v1.PipelineStage
+	13, // 10: npumesh.v1.StageSetup.next:type_name -> npumesh.v1.PipelineStage
+	15, // 11: npumesh.v1.StageRow.open:type_name -> npumesh.v1.StageSampling
+	14, // 12: npumesh.v1.StageMessage.setup:type_name -> npumesh.v1.StageSetup
+	16, // 13: npumesh.v1.StageMessage.rows:type_name -> npumesh.v1.StageRow
+	18, // 14: npumesh.v1.StageReply.results:type_name -> npumesh.v1.StageResult
+	22, // 15: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
+	25, // 16: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
+	27, // 17: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
+	26, // 18: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
+	2,  // 19: npumesh.v1.RegisterRequest.info:type_name -> npumesh.v1.NodeInfo
+	0,  // 20: npumesh.v1.CacheEvent.kind:type_name -> npumesh.v1.CacheEvent.Kind
+	30, // 21: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
+	6,  // 22: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
+	31, // 23: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
+	4,  // 24: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
+	40, // 25: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
+	40, // 26: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
+	50, // 27: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
+	52, // 28: npumesh.v1.ModelManifest.files:type_name -> npumesh.v1.ModelFile
+	53, // 29: npumesh.v1.ModelAssignment.manifest:type_name -> npumesh.v1.ModelManifest
+	57, // 30: npumesh.v1.ModelAssignment.sources:type_name -> npumesh.v1.ChunkSource
+	58, // 31: npumesh.v1.GetAssignmentsResponse.models:type_name -> npumesh.v1.ModelAssignment
+	53, // 32: npumesh.v1.AddModelHeader.manifest:type_name -> npumesh.v1.ModelManifest
+	60, // 33: npumesh.v1.AddModelRequest.header:type_name -> npumesh.v1.AddModelHeader
+	55, // 34: npumesh.v1.AddModelRequest.chunk:type_name -> npumesh.v1.ChunkData
+	62, // 35: npumesh.v1.AddModelResponse.need:type_name -> npumesh.v1.FileNeed
+	65, // 36: npumesh.v1.AddModelResponse.done:type_name -> npumesh.v1.CatalogModel
+	64, // 37: npumesh.v1.CatalogModel.replica_status:type_name -> npumesh.v1.ReplicaStatus
+	65, // 38: npumesh.v1.ListCatalogResponse.models:type_name -> npumesh.v1.CatalogModel
+	12, // 39: npumesh.v1.ShardModelResponse.pipeline:type_name -> npumesh.v1.Pipeline
+	1,  // 40: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
+	11, // 41: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
+	7,  // 42: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
+	20, // 43: npumesh.v1.NodeService.GetTokenizer:input_type -> npumesh.v1.GetTokenizerRequest
+	54, // 44: npumesh.v1.NodeService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
+	17, // 45: npumesh.v1.NodeService.Stage:input_type -> npumesh.v1.StageMessage
+	28, // 46: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
+	32, // 47: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
+	34, // 48: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
+	56, // 49: npumesh.v1.ControlService.GetAssignments:input_type -> npumesh.v1.GetAssignmentsRequest
+	54, // 50: npumesh.v1.ControlService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
+	36, // 51: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
+	38, // 52: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
+	41, // 53: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
+	43, // 54: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
+	45, // 55: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
+	47, // 56: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
+	49, // 57: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
+	61, // 58: npumesh.v1.AdminService.AddModel:input_type -> npumesh.v1.AddModelRequest
+	66, // 59: npumesh.v1.AdminService.ListCatalog:input_type -> npumesh.v1.ListCatalogRequest
+	68, // 60: npumesh.v1.AdminService.RemoveModel:input_type -> npumesh.v1.RemoveModelRequest
+	70, // 61: npumesh.v1.AdminService.ShardModel:input_type -> npumesh.v1.ShardModelRequest
+	2,  // 62: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
+	24, // 63: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
+	8,  // 64: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
+	21, // 65: npumesh.v1.NodeService.GetTokenizer:output_type -> npumesh.v1.GetTokenizerResponse
+	55, // 66: npumesh.v1.NodeService.FetchChunks:output_type -> npumesh.v1.ChunkData
+	19, // 67: npumesh.v1.NodeService.Stage:output_type -> npumesh.v1.StageReply
+	29, // 68: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
+	33, // 69: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
+	35, // 70: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
+	59, // 71: npumesh.v1.ControlService.GetAssignments:output_type -> npumesh.v1.GetAssignmentsResponse
+	55, // 72: npumesh.v1.ControlService.FetchChunks:output_type -> npumesh.v1.ChunkData
+	37, // 73: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
+	39, // 74: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
+	42, // 75: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
+	44, // 76: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
+	46, // 77: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
+	48, // 78: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
+	51, // 79: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
+	63, // 80: npumesh.v1.AdminService.AddModel:output_type -> npumesh.v1.AddModelResponse
+	67, // 81: npumesh.v1.AdminService.ListCatalog:output_type -> npumesh.v1.ListCatalogResponse
+	69, // 82: npumesh.v1.AdminService.RemoveModel:output_type -> npumesh.v1.RemoveModelResponse
+	71, // 83: npumesh.v1.AdminService.ShardModel:output_type -> npumesh.v1.ShardModelResponse
+	62, // [62:84] is the sub-list for method output_type
+	40, // [40:62] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_npumesh_v1_npumesh_proto_init() }
@@ -4320,11 +5129,11 @@ func file_npumesh_v1_npumesh_proto_init() {
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_npumesh_v1_npumesh_proto_msgTypes[15].OneofWrappers = []any{
+	file_npumesh_v1_npumesh_proto_msgTypes[23].OneofWrappers = []any{
 		(*GenerateResponse_Delta)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_npumesh_v1_npumesh_proto_msgTypes[52].OneofWrappers = []any{
+	file_npumesh_v1_npumesh_proto_msgTypes[60].OneofWrappers = []any{
 		(*AddModelRequest_Header)(nil),
 		(*AddModelRequest_Chunk)(nil),
 	}
@@ -4334,7 +5143,7 @@ func file_npumesh_v1_npumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_npumesh_v1_npumesh_proto_rawDesc), len(file_npumesh_v1_npumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   61,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -28,6 +28,7 @@ const (
 	NodeService_ListModels_FullMethodName   = "/npumesh.v1.NodeService/ListModels"
 	NodeService_GetTokenizer_FullMethodName = "/npumesh.v1.NodeService/GetTokenizer"
 	NodeService_FetchChunks_FullMethodName  = "/npumesh.v1.NodeService/FetchChunks"
+	NodeService_Stage_FullMethodName        = "/npumesh.v1.NodeService/Stage"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -50,6 +51,11 @@ type NodeServiceClient interface {
 	// for peers pulling the model (issue #7). Nodes and the coordinator may
 	// call it.
 	FetchChunks(ctx context.Context, in *FetchChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkData], error)
+	// Stage runs layers of a pipeline-sharded model (callers: the node of the
+	// stage before, role node). The first message is a StageSetup; each
+	// later one a step of hidden states; replies carry the tokens the last
+	// stage sampled, passed back stage by stage.
+	Stage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StageMessage, StageReply], error)
 }
 
 type nodeServiceClient struct {
@@ -128,6 +134,19 @@ func (c *nodeServiceClient) FetchChunks(ctx context.Context, in *FetchChunksRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeService_FetchChunksClient = grpc.ServerStreamingClient[ChunkData]
 
+func (c *nodeServiceClient) Stage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StageMessage, StageReply], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[2], NodeService_Stage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StageMessage, StageReply]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_StageClient = grpc.BidiStreamingClient[StageMessage, StageReply]
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -148,6 +167,11 @@ type NodeServiceServer interface {
 	// for peers pulling the model (issue #7). Nodes and the coordinator may
 	// call it.
 	FetchChunks(*FetchChunksRequest, grpc.ServerStreamingServer[ChunkData]) error
+	// Stage runs layers of a pipeline-sharded model (callers: the node of the
+	// stage before, role node). The first message is a StageSetup; each
+	// later one a step of hidden states; replies carry the tokens the last
+	// stage sampled, passed back stage by stage.
+	Stage(grpc.BidiStreamingServer[StageMessage, StageReply]) error
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -172,6 +196,9 @@ func (UnimplementedNodeServiceServer) GetTokenizer(context.Context, *GetTokenize
 }
 func (UnimplementedNodeServiceServer) FetchChunks(*FetchChunksRequest, grpc.ServerStreamingServer[ChunkData]) error {
 	return status.Errorf(codes.Unimplemented, "method FetchChunks not implemented")
+}
+func (UnimplementedNodeServiceServer) Stage(grpc.BidiStreamingServer[StageMessage, StageReply]) error {
+	return status.Errorf(codes.Unimplemented, "method Stage not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -270,6 +297,13 @@ func _NodeService_FetchChunks_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeService_FetchChunksServer = grpc.ServerStreamingServer[ChunkData]
 
+func _NodeService_Stage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServiceServer).Stage(&grpc.GenericServerStream[StageMessage, StageReply]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_StageServer = grpc.BidiStreamingServer[StageMessage, StageReply]
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -300,6 +334,12 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "FetchChunks",
 			Handler:       _NodeService_FetchChunks_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Stage",
+			Handler:       _NodeService_Stage_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "npumesh/v1/npumesh.proto",
@@ -703,6 +743,7 @@ const (
 	AdminService_AddModel_FullMethodName     = "/npumesh.v1.AdminService/AddModel"
 	AdminService_ListCatalog_FullMethodName  = "/npumesh.v1.AdminService/ListCatalog"
 	AdminService_RemoveModel_FullMethodName  = "/npumesh.v1.AdminService/RemoveModel"
+	AdminService_ShardModel_FullMethodName   = "/npumesh.v1.AdminService/ShardModel"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -734,6 +775,9 @@ type AdminServiceClient interface {
 	ListCatalog(ctx context.Context, in *ListCatalogRequest, opts ...grpc.CallOption) (*ListCatalogResponse, error)
 	// RemoveModel deletes a model from the catalog; nodes unload it.
 	RemoveModel(ctx context.Context, in *RemoveModelRequest, opts ...grpc.CallOption) (*RemoveModelResponse, error)
+	// ShardModel sets how a model is split into pipeline stages and returns
+	// the plan requests would use now.
+	ShardModel(ctx context.Context, in *ShardModelRequest, opts ...grpc.CallOption) (*ShardModelResponse, error)
 }
 
 type adminServiceClient struct {
@@ -837,6 +881,16 @@ func (c *adminServiceClient) RemoveModel(ctx context.Context, in *RemoveModelReq
 	return out, nil
 }
 
+func (c *adminServiceClient) ShardModel(ctx context.Context, in *ShardModelRequest, opts ...grpc.CallOption) (*ShardModelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShardModelResponse)
+	err := c.cc.Invoke(ctx, AdminService_ShardModel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -866,6 +920,9 @@ type AdminServiceServer interface {
 	ListCatalog(context.Context, *ListCatalogRequest) (*ListCatalogResponse, error)
 	// RemoveModel deletes a model from the catalog; nodes unload it.
 	RemoveModel(context.Context, *RemoveModelRequest) (*RemoveModelResponse, error)
+	// ShardModel sets how a model is split into pipeline stages and returns
+	// the plan requests would use now.
+	ShardModel(context.Context, *ShardModelRequest) (*ShardModelResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -902,6 +959,9 @@ func (UnimplementedAdminServiceServer) ListCatalog(context.Context, *ListCatalog
 }
 func (UnimplementedAdminServiceServer) RemoveModel(context.Context, *RemoveModelRequest) (*RemoveModelResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveModel not implemented")
+}
+func (UnimplementedAdminServiceServer) ShardModel(context.Context, *ShardModelRequest) (*ShardModelResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ShardModel not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -1075,6 +1135,24 @@ func _AdminService_RemoveModel_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ShardModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShardModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ShardModel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ShardModel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ShardModel(ctx, req.(*ShardModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1113,6 +1191,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveModel",
 			Handler:    _AdminService_RemoveModel_Handler,
+		},
+		{
+			MethodName: "ShardModel",
+			Handler:    _AdminService_ShardModel_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

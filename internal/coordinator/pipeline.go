@@ -1,0 +1,329 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/npumesh/npumesh/internal/openai"
+	"github.com/npumesh/npumesh/internal/shard"
+	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
+)
+
+// Pipeline sharding: a model can be served by a chain of nodes, each
+// running a range of its layers (engine/stage.go, node/stage.go). The
+// coordinator decides when and how: on request (ShardSpec with Stages >=
+// 2, from `npumesh model shard` or the config), or automatically when no
+// node that has the model can hold it in memory. Package shard chooses the
+// nodes and the split from each node's free memory, its measured decode
+// speed and the measured round trip to it. A request goes to the first
+// stage's node with the plan; when a stage fails, the node names it (the
+// trailer below), and the request is re-planned without that node and
+// resumed from the tokens already delivered, as for any migration.
+
+// failedStageTrailer is node.FailedStageKey: the trailer in which a first
+// stage names the node whose stage failed.
+const failedStageTrailer = "npumesh-failed-stage"
+
+// ShardSpec asks for a model to be served as a pipeline.
+type ShardSpec struct {
+	// Stages is the number of stages: 0 chooses automatically (one stage
+	// unless no node holds the model), 1 turns sharding off, 2 or more
+	// asks for exactly that many.
+	Stages int
+	// Activations is how hidden states cross links: "f16" (default),
+	// "f32" or "q8".
+	Activations string
+}
+
+// ActivationBytes returns the wire bytes per hidden-state value of an
+// activation encoding ("" is f16), as engine.ActType defines them (q8 is
+// 34 bytes per 32 values, counted as 1 for planning).
+func ActivationBytes(act string) (int, error) {
+	switch act {
+	case "", "f16":
+		return 2, nil
+	case "f32":
+		return 4, nil
+	case "q8", "q8_0":
+		return 1, nil
+	}
+	return 0, fmt.Errorf("activation type %q: want f16, f32 or q8", act)
+}
+
+// pipelines holds the shard specs and the measured round trips.
+type pipelines struct {
+	mu    sync.Mutex
+	specs map[string]ShardSpec
+	rtt   map[string]rttSample // by node
+}
+
+type rttSample struct {
+	rtt time.Duration
+	at  time.Time
+}
+
+// rttMaxAge is how long a measured round trip is used before it is
+// measured again.
+const rttMaxAge = 30 * time.Second
+
+// SetShard sets (or with Stages 0 and no activations, resets to automatic)
+// how model is sharded.
+func (c *Coordinator) SetShard(model string, spec ShardSpec) error {
+	if model == "" {
+		return errors.New("shard: no model name")
+	}
+	if spec.Stages < 0 {
+		return fmt.Errorf("shard %q: %d stages; want 0 (automatic), 1 (off) or more", model, spec.Stages)
+	}
+	if _, err := ActivationBytes(spec.Activations); err != nil {
+		return fmt.Errorf("shard %q: %w", model, err)
+	}
+	p := &c.pipes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.specs == nil {
+		p.specs = map[string]ShardSpec{}
+	}
+	if spec == (ShardSpec{}) {
+		delete(p.specs, model)
+	} else {
+		p.specs[model] = spec
+	}
+	c.log.Info("shard spec set", "model", model, "stages", spec.Stages, "activations", spec.Activations)
+	return nil
+}
+
+func (c *Coordinator) shardSpec(model string) ShardSpec {
+	c.pipes.mu.Lock()
+	defer c.pipes.mu.Unlock()
+	return c.pipes.specs[model]
+}
+
+// pipelinePlan is a plan for one attempt.
+type pipelinePlan struct {
+	first *member
+	pb    *pb.Pipeline
+	plan  shard.Plan
+}
+
+// stageHolders returns the members that can run stages of model: they
+// serve it with the built-in engine, are not draining, excluded or behind
+// an open breaker. Sorted by name, for stable plans.
+func (c *Coordinator) stageHolders(model string, exclude map[string]bool) ([]*member, *pb.ModelInfo) {
+	var out []*member
+	var shape *pb.ModelInfo
+	now := time.Now()
+	for _, m := range c.reg.list() {
+		m.mu.Lock()
+		mi, ok := m.models[model]
+		draining := m.draining
+		m.mu.Unlock()
+		if !ok || draining || exclude[m.name] || mi.GetBackend() != "builtin" || mi.GetLayers() == 0 || !c.rt.breakers.allow(m.name, now) {
+			continue
+		}
+		out = append(out, m)
+		if shape == nil {
+			shape = mi
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, shape
+}
+
+// shardModel is the planner's view of a model.
+func shardModel(mi *pb.ModelInfo) shard.Model {
+	layers := int(mi.GetLayers())
+	lb := make([]int64, layers)
+	for i := range lb {
+		lb[i] = int64(mi.GetLayerBytes())
+	}
+	return shard.Model{
+		Layers: layers, LayerBytes: lb, EmbedBytes: int64(mi.GetEmbedBytes()), HeadBytes: int64(mi.GetHeadBytes()),
+		KVBytesPerLayer: int64(mi.GetKvBytesPerLayerToken()) * int64(mi.GetContextLength()),
+		Hidden:          int(mi.GetHiddenSize()),
+	}
+}
+
+// planPipeline returns the pipeline for an attempt at model, or nil when
+// the model is served whole. exclude holds nodes that failed as stages.
+func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude map[string]bool) (*pipelinePlan, *openai.Error) {
+	spec := c.shardSpec(model)
+	if spec.Stages == 1 {
+		return nil, nil
+	}
+	holders, shape := c.stageHolders(model, exclude)
+	if shape == nil {
+		if spec.Stages >= 2 {
+			return nil, openai.ErrUnavailable(fmt.Sprintf("model %q is sharded in %d stages but no node serving it with the built-in engine is available", model, spec.Stages))
+		}
+		return nil, nil
+	}
+	sm := shardModel(shape)
+	var nodes []shard.Node
+	whole := int64(0)
+	for _, l := range sm.LayerBytes {
+		whole += l + sm.KVBytesPerLayer
+	}
+	whole += sm.EmbedBytes + sm.HeadBytes
+	fitsOne := false
+	for _, m := range holders {
+		m.mu.Lock()
+		free := int64(m.info.GetMemoryAvailableBytes())
+		tokS := m.models[model].GetDecodeTokS()
+		m.mu.Unlock()
+		if free == 0 || free >= whole {
+			fitsOne = true // unknown memory counts as enough
+		}
+		n := shard.Node{ID: m.name, FreeMem: free}
+		if free == 0 {
+			n.FreeMem = whole
+		}
+		if tokS > 0 {
+			n.LayerSeconds = 1 / (tokS * float64(sm.Layers))
+		}
+		nodes = append(nodes, n)
+	}
+	stages := spec.Stages
+	if stages > len(holders) {
+		// Fewer nodes than asked for (some failed or left): use those left.
+		stages = len(holders)
+	}
+	if stages == 0 && fitsOne || stages == 1 && fitsOne {
+		return nil, nil // a node holds the model: route it whole
+	}
+	if stages == 1 {
+		stages = 0 // one node left that cannot hold it: the planner says why
+	}
+	act := spec.Activations
+	if act == "" {
+		act = "f16"
+	}
+	actBytes, _ := ActivationBytes(act)
+	rtts := c.measureRTTs(ctx, holders)
+	link := func(a, b string) shard.Link {
+		// The coordinator measures its own round trip to each node; a
+		// link between two nodes is estimated as the slower of the two.
+		r := max(rtts[a], rtts[b])
+		return shard.Link{RTT: r}
+	}
+	plan, err := shard.Make(sm, nodes, shard.Options{Stages: stages, ActBytes: actBytes, Link: link})
+	if err != nil {
+		return nil, openai.ErrUnavailable(fmt.Sprintf("model %q: cannot plan pipeline stages: %v", model, err))
+	}
+	if len(plan.Stages) == 1 {
+		return nil, nil
+	}
+	byName := map[string]*member{}
+	for _, m := range holders {
+		byName[m.name] = m
+	}
+	pp := &pipelinePlan{first: byName[plan.Stages[0].Node], plan: plan, pb: &pb.Pipeline{Activations: act}}
+	for _, s := range plan.Stages {
+		pp.pb.Stages = append(pp.pb.Stages, &pb.PipelineStage{Node: s.Node, Address: byName[s.Node].addr, LayerLo: int32(s.Lo), LayerHi: int32(s.Hi)})
+	}
+	return pp, nil
+}
+
+// measureRTTs returns the round trip to each member, measuring (an Info
+// call) those not measured in the last rttMaxAge.
+func (c *Coordinator) measureRTTs(ctx context.Context, ms []*member) map[string]time.Duration {
+	out := map[string]time.Duration{"": 0}
+	now := time.Now()
+	var stale []*member
+	c.pipes.mu.Lock()
+	if c.pipes.rtt == nil {
+		c.pipes.rtt = map[string]rttSample{}
+	}
+	for _, m := range ms {
+		if s, ok := c.pipes.rtt[m.name]; ok && now.Sub(s.at) < rttMaxAge {
+			out[m.name] = s.rtt
+		} else {
+			stale = append(stale, m)
+		}
+	}
+	c.pipes.mu.Unlock()
+	for _, m := range stale {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		start := time.Now()
+		_, err := m.client.Info(pctx, &pb.InfoRequest{})
+		rtt := time.Since(start)
+		cancel()
+		if err != nil {
+			rtt = time.Second // unreachable now: planned last
+		}
+		out[m.name] = rtt
+		c.pipes.mu.Lock()
+		c.pipes.rtt[m.name] = rttSample{rtt: rtt, at: time.Now()}
+		c.pipes.mu.Unlock()
+	}
+	return out
+}
+
+// stageFailure is a first stage's report that a stage node failed.
+type stageFailure struct {
+	node string
+	err  error
+}
+
+func (e *stageFailure) Error() string { return e.err.Error() }
+func (e *stageFailure) Unwrap() error { return e.err }
+
+// GRPCStatus keeps the node's status visible through the wrapper.
+func (e *stageFailure) GRPCStatus() *status.Status { return status.Convert(e.err) }
+
+// withFailedStage wraps err with the failed stage node from trailer md.
+func withFailedStage(err error, md metadata.MD) error {
+	if v := md.Get(failedStageTrailer); len(v) > 0 && v[0] != "" {
+		return &stageFailure{node: v[0], err: err}
+	}
+	return err
+}
+
+// failedStageNode returns the stage node an attempt's error names.
+func failedStageNode(err error) (string, bool) {
+	var sf *stageFailure
+	if errors.As(err, &sf) {
+		return sf.node, true
+	}
+	return "", false
+}
+
+// ShardPlan returns the plan a request for model would use now (nil when
+// it is served whole), for `npumesh model shard` and the cluster view.
+func (c *Coordinator) ShardPlan(ctx context.Context, model string) (*shard.Plan, *pb.Pipeline, error) {
+	pp, apiErr := c.planPipeline(ctx, model, nil)
+	if apiErr != nil {
+		return nil, nil, apiErr
+	}
+	if pp == nil {
+		return nil, nil, nil
+	}
+	return &pp.plan, pp.pb, nil
+}
+
+// ShardModel implements AdminService.
+func (s *adminService) ShardModel(ctx context.Context, req *pb.ShardModelRequest) (*pb.ShardModelResponse, error) {
+	spec := ShardSpec{Stages: int(req.GetStages()), Activations: req.GetActivations()}
+	if err := s.c.SetShard(req.GetModel(), spec); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	resp := &pb.ShardModelResponse{}
+	plan, pipe, err := s.c.ShardPlan(ctx, req.GetModel())
+	switch {
+	case err != nil:
+		resp.Note = err.Error()
+	case plan == nil:
+		resp.Note = "served whole: a node holds the model (or no node serves it yet)"
+	default:
+		resp.Pipeline, resp.TokenSeconds, resp.BytesPerToken = pipe, plan.TokenSeconds, plan.BytesPerToken
+	}
+	return resp, nil
+}
