@@ -98,7 +98,7 @@ func streamFollow(ctx context.Context, api string, body map[string]any, onChunk 
 }
 
 // completeText runs a non-streamed completion and returns its text.
-func completeText(t *testing.T, api string, body map[string]any) (string, string) {
+func completeText(t testing.TB, api string, body map[string]any) (string, string) {
 	t.Helper()
 	body["stream"] = false
 	raw, _ := json.Marshal(body)

@@ -37,8 +37,29 @@ func startInProcess(t *testing.T, nodes int, modelPath string) *inProcess {
 }
 
 // startInProcessWith lets the test adjust each node's config (by index).
-func startInProcessWith(t *testing.T, nodes int, modelPath string, adjust func(i int, cfg *node.Config)) *inProcess {
+func startInProcessWith(t testing.TB, nodes int, modelPath string, adjust func(i int, cfg *node.Config)) *inProcess {
 	t.Helper()
+	return startInProcessOpts(t, inProcessOptions{nodes: nodes, model: modelPath, node: adjust})
+}
+
+// inProcessOptions configure startInProcessOpts.
+type inProcessOptions struct {
+	nodes int
+	model string
+	// engine is each node's engine options; Threads 0 means 1.
+	engine engine.Options
+	// node and coord, when set, adjust each node's config (by index) and
+	// the coordinator's.
+	node  func(i int, cfg *node.Config)
+	coord func(cfg *coordinator.Config)
+}
+
+func startInProcessOpts(t testing.TB, o inProcessOptions) *inProcess {
+	t.Helper()
+	nodes, modelPath := o.nodes, o.model
+	if o.engine.Threads == 0 {
+		o.engine.Threads = 1
+	}
 	dir := t.TempDir()
 	ca, err := pki.InitCA(filepath.Join(dir, "ca"))
 	if err != nil {
@@ -53,7 +74,11 @@ func startInProcessWith(t *testing.T, nodes int, modelPath string, adjust func(i
 	if err != nil {
 		t.Fatal(err)
 	}
-	co, err := coordinator.New(coordinator.Config{Listen: "127.0.0.1:0", API: "127.0.0.1:0", TLS: cb, Logger: log, HeartbeatInterval: 200 * time.Millisecond})
+	ccfg := coordinator.Config{Listen: "127.0.0.1:0", API: "127.0.0.1:0", TLS: cb, Logger: log, HeartbeatInterval: 200 * time.Millisecond}
+	if o.coord != nil {
+		o.coord(&ccfg)
+	}
+	co, err := coordinator.New(ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,12 +101,14 @@ func startInProcessWith(t *testing.T, nodes int, modelPath string, adjust func(i
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := node.LoadBuiltin(modelPath, engine.Options{Threads: 1})
+		b, err := node.LoadBuiltin(modelPath, o.engine)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg := node.Config{Listen: "127.0.0.1:0", Coordinators: []string{grpcAddr.String()}, TLS: nb, Backends: []node.Backend{b}, Logger: log.With("n", name)}
-		adjust(i, &cfg)
+		if o.node != nil {
+			o.node(i, &cfg)
+		}
 		n, err := node.New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -111,7 +138,7 @@ func (p *inProcess) stop() {
 	p.cancel, p.done = nil, nil
 }
 
-func (p *inProcess) nodeView(t *testing.T) []map[string]any {
+func (p *inProcess) nodeView(t testing.TB) []map[string]any {
 	resp, err := http.Get(p.api + "/api/v1/nodes")
 	if err != nil {
 		t.Fatal(err)
@@ -124,9 +151,9 @@ func (p *inProcess) nodeView(t *testing.T) []map[string]any {
 	return v.Nodes
 }
 
-func (p *inProcess) nodeCount(t *testing.T) int { return len(p.nodeView(t)) }
+func (p *inProcess) nodeCount(t testing.TB) int { return len(p.nodeView(t)) }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w *testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))

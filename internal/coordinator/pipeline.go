@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"sync"
 	"time"
@@ -226,9 +227,21 @@ func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude ma
 		byName[m.name] = m
 	}
 	pp := &pipelinePlan{first: byName[plan.Stages[0].Node], plan: plan, pb: &pb.Pipeline{Activations: act}}
+	hosts := map[string]bool{}
 	for _, s := range plan.Stages {
-		pp.pb.Stages = append(pp.pb.Stages, &pb.PipelineStage{Node: s.Node, Address: byName[s.Node].addr, LayerLo: int32(s.Lo), LayerHi: int32(s.Hi)})
+		addr := byName[s.Node].addr
+		pp.pb.Stages = append(pp.pb.Stages, &pb.PipelineStage{Node: s.Node, Address: addr, LayerLo: int32(s.Lo), LayerHi: int32(s.Hi)})
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		hosts[host] = true
 	}
+	// Stages on machines of their own work on different micro-batches
+	// at once. Stages that share a machine share its cores and memory
+	// bandwidth: splitting the batch would only read the weights again
+	// per group, so they step the whole batch together.
+	pp.pb.MicroBatches = int32(len(hosts))
 	return pp, nil
 }
 

@@ -74,11 +74,13 @@ type Options struct {
 	Layers LayerRange
 	// Downstream, set on a first stage that is not also the last, carries
 	// each step's hidden states to the rest of the pipeline; the tokens
-	// sampled there come back through Model.StageResults. Stages is the
-	// number of stages, which sets how many micro-batches are kept in
-	// flight.
-	Downstream Downstream
-	Stages     int
+	// sampled there come back through Model.StageResults. MicroBatches
+	// is how many groups the running sequences are split into, so that
+	// while later stages work on one group the first computes the next
+	// (usually the number of stages on machines of their own); 0 or 1
+	// sends every running sequence in each step.
+	Downstream   Downstream
+	MicroBatches int
 }
 
 // Defaults of Options.
@@ -242,7 +244,7 @@ func (m *Model) start(opts Options, threads int, bytesByType map[gguf.Type]uint6
 		maxBatch = defaultMaxBatch
 	}
 	m.pool = kernels.NewPool(threads)
-	m.sched = startScheduler(m, chunk, maxBatch, opts.Downstream, opts.Stages)
+	m.sched = startScheduler(m, chunk, maxBatch, opts.Downstream, opts.MicroBatches)
 }
 
 // newCache sizes the KV cache: the budget asked for, or the default, but

@@ -77,11 +77,11 @@ type scheduler struct {
 	// read it).
 	peak atomic.Int64
 
-	// A first pipeline stage's Downstream and number of stages (nil and
-	// 1 otherwise); results and failed bring what Model.StageResults and
+	// A first pipeline stage's Downstream and number of micro-batches
+	// (nil and 1 otherwise); results and failed bring what Model.StageResults and
 	// StageFailed are given.
-	pipe   Downstream
-	stages int
+	pipe  Downstream
+	micro int
 	// resMu guards results, which Model.StageResults appends to without
 	// ever blocking (a pipeline's receiver must not wait for a scheduler
 	// that waits in Send); resNotify (capacity 1) wakes the scheduler.
@@ -111,11 +111,11 @@ type plan struct {
 	sampling bool // the chunk ends the known tokens: sample the next
 }
 
-func startScheduler(m *Model, chunk, maxBatch int, pipe Downstream, stages int) *scheduler {
+func startScheduler(m *Model, chunk, maxBatch int, pipe Downstream, micro int) *scheduler {
 	s := &scheduler{
 		m: m, chunk: chunk, budget: max(chunk, prefillBudget), maxBatch: maxBatch,
 		submit: make(chan *seq), quit: make(chan struct{}), done: make(chan struct{}),
-		pipe: pipe, stages: max(stages, 1), resNotify: make(chan struct{}, 1), failed: make(chan error),
+		pipe: pipe, micro: max(micro, 1), resNotify: make(chan struct{}, 1), failed: make(chan error),
 		inflight: map[uint64]*seq{},
 	}
 	go s.loop()
@@ -336,9 +336,9 @@ func (s *scheduler) step() {
 	m := s.m
 	s.plans = s.plans[:0]
 	budget := s.budget
-	// A pipeline's first stage takes a 1/stages share of the running
+	// A pipeline's first stage takes a 1/micro share of the running
 	// sequences per step, so that every stage has a micro-batch to work on.
-	micro := (len(s.running) + s.stages - 1) / s.stages
+	micro := (len(s.running) + s.micro - 1) / s.micro
 	for i := 0; i < len(s.running) && len(s.plans) < micro; i++ {
 		q := s.running[i]
 		if q.inflight {

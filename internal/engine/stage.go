@@ -19,8 +19,8 @@ import (
 // gRPC streams).
 //
 // Several sequences are in flight at once: the first stage schedules at
-// most 1/Stages of its running sequences per step, so while a later stage
-// works on one micro-batch the first computes the next.
+// most 1/Options.MicroBatches of its running sequences per step, so while
+// a later stage works on one micro-batch the first computes the next.
 //
 // Prefix reuse is off in a pipeline: every stage would need the same
 // cached blocks, and each stage's cache evicts on its own.

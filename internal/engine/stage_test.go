@@ -120,7 +120,7 @@ func loadChain(t testing.TB, path string, act ActType, opts Options, splits ...i
 		t.Cleanup(func() { m.Close() })
 	}
 	o := opts
-	o.Layers, o.Downstream, o.Stages = LayerRange{0, bounds[1]}, c, len(bounds)-1
+	o.Layers, o.Downstream, o.MicroBatches = LayerRange{0, bounds[1]}, c, len(bounds)-1
 	if c.first, err = Load(path, o); err != nil {
 		t.Fatal(err)
 	}

@@ -181,7 +181,7 @@ func (h *stageHost) setUp(ctx context.Context, model string, p *pb.Pipeline) (*B
 	}
 	opts := base.opts
 	opts.Layers = engine.LayerRange{Lo: 0, Hi: int(st[0].GetLayerHi())}
-	opts.Downstream, opts.Stages = link, len(st)
+	opts.Downstream, opts.MicroBatches = link, int(p.GetMicroBatches())
 	opts.OnCacheEvent = nil // a pipeline reuses no prefixes
 	b, err := LoadBuiltin(base.path, opts)
 	if err != nil {

@@ -1088,7 +1088,10 @@ type Pipeline struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Stages []*PipelineStage       `protobuf:"bytes,1,rep,name=stages,proto3" json:"stages,omitempty"`
 	// Hidden-state encoding on the links: "f16" (default), "f32" or "q8".
-	Activations   string `protobuf:"bytes,2,opt,name=activations,proto3" json:"activations,omitempty"`
+	Activations string `protobuf:"bytes,2,opt,name=activations,proto3" json:"activations,omitempty"`
+	// How many groups the first stage splits its running requests into, so
+	// the stages work on different groups at once (0 or 1: one group).
+	MicroBatches  int32 `protobuf:"varint,3,opt,name=micro_batches,json=microBatches,proto3" json:"micro_batches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1135,6 +1138,13 @@ func (x *Pipeline) GetActivations() string {
 		return x.Activations
 	}
 	return ""
+}
+
+func (x *Pipeline) GetMicroBatches() int32 {
+	if x != nil {
+		return x.MicroBatches
+	}
+	return 0
 }
 
 type PipelineStage struct {
@@ -4674,10 +4684,11 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"resume_ids\x18\t \x03(\x05R\tresumeIds\x120\n" +
 	"\bpipeline\x18\n" +
 	" \x01(\v2\x14.npumesh.v1.PipelineR\bpipelineB\b\n" +
-	"\x06prompt\"_\n" +
+	"\x06prompt\"\x84\x01\n" +
 	"\bPipeline\x121\n" +
 	"\x06stages\x18\x01 \x03(\v2\x19.npumesh.v1.PipelineStageR\x06stages\x12 \n" +
-	"\vactivations\x18\x02 \x01(\tR\vactivations\"s\n" +
+	"\vactivations\x18\x02 \x01(\tR\vactivations\x12#\n" +
+	"\rmicro_batches\x18\x03 \x01(\x05R\fmicroBatches\"s\n" +
 	"\rPipelineStage\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x19\n" +
