@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"os"
 	"unsafe"
 
 	"golang.org/x/sys/cpu"
@@ -35,8 +36,28 @@ func asmImpl() *impl {
 	a.f16x4 = dotF16x4Asm
 	a.bf16x4 = dotBF16x4Asm
 	a.quantQ8 = quantizeQ8Asm
+	a.q4_0T, a.q8_0T = tilesQ4_0AVX2, tilesQ8_0AVX2
+	if hasVNNI() {
+		a.q4_0T, a.q8_0T = tilesQ4_0VNNI, tilesQ8_0VNNI
+	}
 	return &a
 }
+
+// hasVNNI reports whether the tile kernels may use AVX-512 VNNI's
+// VPDPBUSD on ymm registers (EVEX encoded, so AVX512VL too).
+// NPUMESH_KERNELS=avx2 keeps to AVX2; the results are the same bits.
+func hasVNNI() bool {
+	return cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL && os.Getenv("NPUMESH_KERNELS") != "avx2"
+}
+
+// The tile kernels of asmgen/tile.go. The q4_0 ones multiply the unsigned
+// nibbles n and add −8·Σx per block; q8_0 needs no offset.
+var (
+	tilesQ4_0AVX2 = &tileSet{tileQ4_0_1x1AVX2, nil, tileQ4_0_1x4AVX2, tileQ4_0_1x8AVX2, -8}
+	tilesQ4_0VNNI = &tileSet{tileQ4_0_1x1VNNI, nil, tileQ4_0_1x4VNNI, tileQ4_0_1x8VNNI, -8}
+	tilesQ8_0AVX2 = &tileSet{tileQ8_0_1x1AVX2, nil, tileQ8_0_1x4AVX2, tileQ8_0_1x8AVX2, 0}
+	tilesQ8_0VNNI = &tileSet{tileQ8_0_1x1VNNI, nil, tileQ8_0_1x4VNNI, tileQ8_0_1x8VNNI, 0}
+)
 
 func quantizeQ8Asm(v *q8Vec, x []float32) {
 	nb := len(x) / 32

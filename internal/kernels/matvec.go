@@ -28,6 +28,10 @@ type impl struct {
 	q8_0x4, q4_0x4, q4_1x4 func(w []byte, xs []q8Vec, out *[4]float32)
 	q4Kx4, q5Kx4, q6Kx4    func(w []byte, xs []q8KVec, out *[4]float32)
 	f32x4, f16x4, bf16x4   func(w []byte, xs [][]float32, out *[4]float32)
+
+	// Optional tile kernels (several rows × several vectors per pass),
+	// which MatVec and MatMul then use instead of the row kernels.
+	q8_0T, q4_0T *tileSet
 }
 
 var genericImpl = &impl{
@@ -110,6 +114,12 @@ type scratch struct {
 	// four-vector kernels step from one vector to the next by one stride.
 	krec []uint64
 	q8K  []q8KVec
+	// The tile kernels' block offsets.
+	xo []float32
+	// The float vectors of an F32/F16/BF16 product.
+	fx [][]float32
+	// Per row, the four results of a four-vector kernel.
+	out4 []float32
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -161,6 +171,7 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	var kdot func([]byte, *q8KVec) float32
 	var qdot4 func([]byte, []q8Vec, *[4]float32)
 	var kdot4 func([]byte, []q8KVec, *[4]float32)
+	var tiles *tileSet
 	switch typ {
 	case gguf.TypeF32:
 		fdot, fdot4 = im.f32, im.f32x4
@@ -169,9 +180,9 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	case gguf.TypeBF16:
 		fdot, fdot4 = im.bf16, im.bf16x4
 	case gguf.TypeQ8_0:
-		qdot, qdot4 = im.q8_0, im.q8_0x4
+		qdot, qdot4, tiles = im.q8_0, im.q8_0x4, im.q8_0T
 	case gguf.TypeQ4_0:
-		qdot, qdot4 = im.q4_0, im.q4_0x4
+		qdot, qdot4, tiles = im.q4_0, im.q4_0x4, im.q4_0T
 	case gguf.TypeQ4_1:
 		qdot, qdot4 = im.q4_1, im.q4_1x4
 	case gguf.TypeQ5_0:
@@ -192,22 +203,33 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	if rows*rb*n < serialBytes {
 		pool = nil
 	}
-
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	if tiles != nil {
+		// Single vectors go four rows at a time: keep chunks whole tiles.
+		if n == 1 && grain > 4 {
+			grain &^= 3
+		}
+		xt := sc.q8TileVecs(im.quantQ8, x, n, cols, tiles.offset, pool)
+		pool.parallel(rows, grain, tileLoop(dst, w, rb, rows, xt, n, tiles))
+		return
+	}
+	sc.out4 = grow(sc.out4, 4*rows)
 	if fdot != nil {
-		xs := make([][]float32, n)
+		sc.fx = grow(sc.fx, n)
+		xs := sc.fx
 		for i := range xs {
 			xs[i] = x[i*cols : (i+1)*cols]
 		}
-		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, xs, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
+		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
+		clear(xs) // do not keep the caller's activations reachable from the pool
 		return
 	}
-	sc := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(sc)
 	if qdot != nil {
-		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8Vecs(im.quantQ8, x, n, cols, pool), qdot, qdot4))
+		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8Vecs(im.quantQ8, x, n, cols, pool), sc.out4, qdot, qdot4))
 		return
 	}
-	pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), kdot, kdot4))
+	pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), sc.out4, kdot, kdot4))
 }
 
 // vecTile is how many activation vectors a batched product takes per pass
@@ -219,16 +241,18 @@ const vecTile = 16
 // and each tile of vectors, one (or, with four, four at a time) row
 // kernel per row and vector. Each dst element is computed by the same
 // kernel whatever n and the tiling, so MatMul equals repeated MatVec.
-func rowsLoop[V any](dst []float32, w []byte, rb, rows int, vs []V, one func([]byte, *V) float32, four func([]byte, []V, *[4]float32)) func(lo, hi int) {
+// outs holds four results per row for the four-vector kernel (a slice of
+// the scratch, so that no chunk allocates).
+func rowsLoop[V any](dst []float32, w []byte, rb, rows int, vs []V, outs []float32, one func([]byte, *V) float32, four func([]byte, []V, *[4]float32)) func(lo, hi int) {
 	return func(lo, hi int) {
-		var out [4]float32
 		for i0 := 0; i0 < len(vs); i0 += vecTile {
 			i1 := min(i0+vecTile, len(vs))
 			for r := lo; r < hi; r++ {
 				row := w[r*rb : (r+1)*rb]
+				out := (*[4]float32)(outs[4*r : 4*r+4])
 				i := i0
 				for ; four != nil && i+4 <= i1; i += 4 {
-					four(row, vs[i:i+4], &out)
+					four(row, vs[i:i+4], out)
 					for v, o := range out {
 						dst[(i+v)*rows+r] = o
 					}

@@ -34,6 +34,7 @@ func main() {
 	dotQ5K(4, "dotQ5Kx4AVX2")
 	dotQ6K(1, "dotQ6KAVX2")
 	dotQ6K(4, "dotQ6Kx4AVX2")
+	tileKernels()
 	quantQ8()
 	readSum()
 	Generate()
