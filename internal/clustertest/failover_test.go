@@ -34,6 +34,11 @@ type streamResult struct {
 // streamFollow posts a streamed completion and reads it to the end;
 // onChunk runs after each text chunk with the number seen so far.
 func streamFollow(ctx context.Context, api string, body map[string]any, onChunk func(n int, node string)) (streamResult, error) {
+	return streamFollowClient(ctx, http.DefaultClient, api, body, onChunk)
+}
+
+// streamFollowClient is streamFollow through client.
+func streamFollowClient(ctx context.Context, client *http.Client, api string, body map[string]any, onChunk func(n int, node string)) (streamResult, error) {
 	body["stream"] = true
 	raw, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/v1/completions", bytes.NewReader(raw))
@@ -41,7 +46,7 @@ func streamFollow(ctx context.Context, api string, body map[string]any, onChunk 
 		return streamResult{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return streamResult{}, err
 	}

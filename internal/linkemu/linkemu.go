@@ -83,6 +83,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &
 type Relay struct {
 	ln     net.Listener
 	target string
+	dial   DialFunc
 	cfg    atomic.Pointer[Config]
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -104,7 +105,24 @@ func Listen(target string, cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linkemu: %w", err)
 	}
-	r := &Relay{ln: ln, target: target, conns: map[*pair]struct{}{}}
+	return Serve(ln, target, cfg, nil)
+}
+
+// DialFunc opens the relay's connection to its target.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Serve runs a relay on ln (which it closes on Close) forwarding to target
+// through dial (nil: a plain net.Dialer). A test uses it to relay inside a
+// network namespace: a listener and a dial made there.
+func Serve(ln net.Listener, target string, cfg Config, dial DialFunc) (*Relay, error) {
+	if err := cfg.validate(); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	r := &Relay{ln: ln, target: target, dial: dial, conns: map[*pair]struct{}{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.cfg.Store(&cfg)
 	r.wg.Add(1)
@@ -212,7 +230,7 @@ func (p *pair) kill() {
 func (r *Relay) serve(client net.Conn) {
 	defer r.wg.Done()
 	ctx, cancel := context.WithTimeout(r.ctx, dialWait)
-	server, err := (&net.Dialer{}).DialContext(ctx, "tcp", r.target)
+	server, err := r.dial(ctx, "tcp", r.target)
 	cancel()
 	if err != nil {
 		if tc, ok := client.(*net.TCPConn); ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -282,10 +283,13 @@ func (l *stageLink) Send(step *engine.StageStep) error {
 func (l *stageLink) receive(m *engine.Model, broken func()) {
 	for {
 		r, err := l.stream.Recv()
+		if err == nil && r.GetFailedNode() != "" {
+			// A stage behind failed: end the chain now (its streams
+			// are cancelled from here down).
+			l.failed.Store(r.GetFailedNode())
+			err = fmt.Errorf("stage node %s failed", r.GetFailedNode())
+		}
 		if err == nil {
-			if f := r.GetFailedNode(); f != "" {
-				l.failed.Store(f)
-			}
 			if res := r.GetResults(); len(res) > 0 {
 				out := make([]engine.StageResult, len(res))
 				for i, x := range res {
@@ -468,46 +472,27 @@ func (s *nodeService) Stage(stream grpc.BidiStreamingServer[pb.StageMessage, pb.
 					cancel()
 					return
 				}
-				if f := r.GetFailedNode(); f != "" {
-					next.failed.Store(f)
-					continue
-				}
 				if err := stream.Send(r); err != nil {
 					cancel()
+					return
+				}
+				if r.GetFailedNode() != "" {
 					return
 				}
 			}
 		}()
 		defer func() { next.cancel(); <-relayDone }()
 	}
-	recv := make(chan *pb.StageMessage)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			msg, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case recv <- msg:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	// A failure behind this stage is reported up by the relay above; the
+	// first stage then cancels the chain, which ends this Recv.
 	var hidden []float32
 	for {
-		var msg *pb.StageMessage
-		select {
-		case msg = <-recv:
-		case err := <-recvErr:
-			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+		msg, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) || errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
-		case <-ctx.Done():
-			return status.Errorf(codes.Unavailable, "stage after node %s failed", s.n.cfg.Name)
 		}
 		step, err := fromStageMessage(msg, act, info.Dim, hidden)
 		if err != nil {
