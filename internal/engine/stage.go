@@ -124,6 +124,7 @@ func selectLayers(hp *hparams, w *weights, r LayerRange) (LayerRange, error) {
 type StageRunner struct {
 	m    *Model
 	seqs map[uint64]*stageSeq
+	seen map[uint64]bool // the sequences of the step being checked
 	b    batch
 	rows []StageResult
 }
@@ -138,7 +139,7 @@ func (m *Model) NewStageRunner() (*StageRunner, error) {
 	if m.stage.Lo == 0 {
 		return nil, fmt.Errorf("layers %v hold the embedding: run them with Generate", m.stage)
 	}
-	return &StageRunner{m: m, seqs: map[uint64]*stageSeq{}}, nil
+	return &StageRunner{m: m, seqs: map[uint64]*stageSeq{}, seen: map[uint64]bool{}}, nil
 }
 
 // Step runs in's rows through the stage's layers. On a middle stage it
@@ -164,12 +165,17 @@ func (r *StageRunner) Step(in *StageStep) (hidden []float32, results []StageResu
 	if len(in.Hidden) != n*dim {
 		return nil, nil, fmt.Errorf("stage step: %d hidden floats for %d positions of %d", len(in.Hidden), n, dim)
 	}
-	if n == 0 {
-		return nil, nil, nil
+	if len(in.Rows) == 0 {
+		return nil, nil, nil // only closes
 	}
 	b := &r.b
 	b.reset()
+	clear(r.seen)
 	for _, row := range in.Rows {
+		if len(row.Tokens) == 0 || r.seen[row.Seq] {
+			return nil, nil, fmt.Errorf("stage step: sequence %d has no positions or appears twice", row.Seq)
+		}
+		r.seen[row.Seq] = true
 		q := r.seqs[row.Seq]
 		if q == nil {
 			if row.From != 0 || row.Open == nil {

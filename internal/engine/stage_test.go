@@ -375,6 +375,9 @@ func TestStageErrors(t *testing.T) {
 		"short hidden": {Rows: []StageRow{{Seq: 1, Tokens: []int32{1}, Open: &SamplingParams{}}}, Hidden: make([]float32, dim-1)},
 		"no open":      {Rows: []StageRow{{Seq: 2, Tokens: []int32{1}}}, Hidden: make([]float32, dim)},
 		"gap":          {Rows: []StageRow{{Seq: 3, From: 5, Tokens: []int32{1}, Open: &SamplingParams{}}}, Hidden: make([]float32, dim)},
+		"empty row":    {Rows: []StageRow{{Seq: 4, Sample: true, Open: &SamplingParams{}}}},
+		"twice":        {Rows: []StageRow{{Seq: 5, Tokens: []int32{1}, Open: &SamplingParams{}}, {Seq: 5, Tokens: []int32{1}, Open: &SamplingParams{}}}, Hidden: make([]float32, 2*dim)},
+		"past context": {Rows: []StageRow{{Seq: 6, Tokens: make([]int32, 3000), Open: &SamplingParams{}}}, Hidden: make([]float32, 3000*dim)},
 	} {
 		if _, _, err := r.Step(step); err == nil {
 			t.Errorf("%s: no error", name)
@@ -396,4 +399,43 @@ func waitFor(t testing.TB, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 	}
+}
+
+// FuzzStageStep: whatever rows a peer sends, a later stage answers with a
+// result or an error, never a panic.
+func FuzzStageStep(f *testing.F) {
+	f.Add([]byte{1, 0, 2, 1, 1, 0, 1, 1})
+	f.Add([]byte{1, 0, 1, 0, 2, 0, 1, 1, 1, 3, 1, 0})
+	path := storiesPath(f)
+	m, err := Load(path, Options{Layers: LayerRange{3, 5}, ContextLength: 64})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { m.Close() })
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := m.NewStageRunner()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		// Each 4 bytes: sequence, from, number of tokens, flags
+		// (bit 0 sample, bit 1 open, bit 2 close the sequence first).
+		for len(data) >= 4 {
+			seq, from, k, flags := uint64(data[0]%4), int(data[1]%80), int(data[2]%8), data[3]
+			data = data[4:]
+			step := &StageStep{}
+			if flags&4 != 0 {
+				step.Close = []uint64{seq}
+			}
+			row := StageRow{Seq: seq, From: from, Tokens: make([]int32, k), Sample: flags&1 != 0}
+			if flags&2 != 0 {
+				row.Open = &SamplingParams{Temperature: float32(flags>>4) / 4, Seed: uint64(flags)}
+			}
+			step.Rows = []StageRow{row}
+			step.Hidden = make([]float32, k*m.hp.Dim)
+			if _, _, err := r.Step(step); err != nil {
+				continue
+			}
+		}
+	})
 }
