@@ -58,7 +58,11 @@ type Options struct {
 	// MaxTokens is the completion length (default 16; mixed varies it).
 	MaxTokens int
 	// Seed makes the prompts reproducible (default 1).
-	Seed   uint64
+	Seed uint64
+	// Warmup runs the workload this long before the measured Duration; its
+	// requests fill the caches but count in no result (they stay in
+	// Result.Log, marked, because they shaped the caches).
+	Warmup time.Duration
 	Client *http.Client
 }
 
@@ -80,6 +84,7 @@ type Result struct {
 	Errors       int            `json:"errors"`
 	ErrorSamples []string       `json:"error_samples,omitempty"`
 	TTFT         Percentiles    `json:"ttft"`
+	TTFTMean     float64        `json:"ttft_mean_ms"`
 	ITL          Percentiles    `json:"itl"`
 	OutputTokens int            `json:"output_tokens"`
 	OutputTokS   float64        `json:"output_tok_s"`
@@ -87,6 +92,26 @@ type Result struct {
 	CachedTokens int            `json:"cached_tokens"`
 	CacheHitRate float64        `json:"cache_hit_rate"`
 	Nodes        map[string]int `json:"requests_per_node"`
+	// Oracle is filled by Oracle when the caller can tokenize (bench
+	// policies does): the hit rates a router that knows every node's cache
+	// could reach on the same requests.
+	Oracle *OracleResult `json:"oracle,omitempty"`
+	// Log is every request sent, warmup included, in the order sent.
+	Log []Sent `json:"-"`
+}
+
+// Sent is one request as sent and answered, for replays (Oracle).
+type Sent struct {
+	Start  time.Time
+	Prompt string
+	// Prefix is the shared prompt it starts with, -1 for none.
+	Prefix int
+	Warmup bool
+	OK     bool
+	Node   string
+	// PromptTokens and CachedTokens are the node's usage numbers;
+	// OutputTokens the completion's length.
+	PromptTokens, CachedTokens, OutputTokens int
 }
 
 // Run drives the workload until o.Duration passes (requests running then
@@ -129,12 +154,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	gen := newPrompts(o)
 	var (
-		mu   sync.Mutex
-		obs  []sample
-		wg   sync.WaitGroup
-		stop = time.Now().Add(o.Duration)
+		mu    sync.Mutex
+		obs   []sample
+		wg    sync.WaitGroup
+		start = time.Now().Add(o.Warmup)
+		stop  = start.Add(o.Duration)
 	)
-	start := time.Now()
 	for w := 0; w < o.Concurrency; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -153,12 +178,17 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}(w)
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	return summarize(o, obs, elapsed), nil
+	// Requests started in the warmup count in no result; the measured span
+	// starts when the warmup ends, and the requests running then finish
+	// (and count) after it: a closed loop keeps Concurrency in flight.
+	return summarize(o, obs, start, time.Since(start)), nil
 }
 
 // sample is one request's measurements.
 type sample struct {
+	start        time.Time
+	promptText   string
+	prefix       int
 	node         string
 	err          string
 	ttft         time.Duration
@@ -172,12 +202,14 @@ type sample struct {
 
 // spec is one request to send.
 type spec struct {
+	prefix    int // the shared prompt it starts with, -1 for none
 	prompt    string
 	maxTokens int
 	session   string
 }
 
 func one(ctx context.Context, o Options, sp spec) (s sample) {
+	s.start, s.promptText, s.prefix = time.Now(), sp.prompt, sp.prefix
 	body, _ := json.Marshal(map[string]any{
 		"model": o.Model, "prompt": sp.prompt, "max_tokens": sp.maxTokens, "temperature": 0,
 		"stream": true, "stream_options": map[string]any{"include_usage": true},
@@ -274,10 +306,18 @@ type chunk struct {
 	} `json:"error"`
 }
 
-func summarize(o Options, obs []sample, elapsed time.Duration) *Result {
+func summarize(o Options, obs []sample, measured time.Time, elapsed time.Duration) *Result {
 	r := &Result{Workload: o.Workload, Prefixes: o.Prefixes, Model: o.Model, Concurrency: o.Concurrency, Seconds: elapsed.Seconds(), Nodes: map[string]int{}}
+	slices.SortStableFunc(obs, func(a, b sample) int { return a.start.Compare(b.start) })
 	var ttft, itl []time.Duration
+	var ttftSum time.Duration
 	for _, s := range obs {
+		warm := s.start.Before(measured)
+		r.Log = append(r.Log, Sent{Start: s.start, Prompt: s.promptText, Prefix: s.prefix, Warmup: warm, OK: s.err == "",
+			Node: s.node, PromptTokens: s.prompt, CachedTokens: s.cached, OutputTokens: s.output})
+		if warm {
+			continue
+		}
 		r.Requests++
 		if s.err != "" {
 			r.Errors++
@@ -291,6 +331,7 @@ func summarize(o Options, obs []sample, elapsed time.Duration) *Result {
 		}
 		if s.hasFirstTime {
 			ttft = append(ttft, s.ttft)
+			ttftSum += s.ttft
 		}
 		itl = append(itl, s.gaps...)
 		r.OutputTokens += s.output
@@ -298,6 +339,9 @@ func summarize(o Options, obs []sample, elapsed time.Duration) *Result {
 		r.CachedTokens += s.cached
 	}
 	r.TTFT, r.ITL = percentiles(ttft), percentiles(itl)
+	if len(ttft) > 0 {
+		r.TTFTMean = float64((ttftSum / time.Duration(len(ttft))).Microseconds()) / 1e3
+	}
 	if elapsed > 0 {
 		r.OutputTokS = float64(r.OutputTokens) / elapsed.Seconds()
 	}
@@ -394,11 +438,12 @@ func (p *prompts) next(w, i int, c *conv) spec {
 	case Mixed:
 		switch k := rng.IntN(10); {
 		case k < 5:
-			return spec{prompt: p.prefixes[rng.IntN(len(p.prefixes))] + question, maxTokens: p.o.MaxTokens}
+			k := rng.IntN(len(p.prefixes))
+			return spec{prefix: k, prompt: p.prefixes[k] + question, maxTokens: p.o.MaxTokens}
 		case k < 8:
-			return spec{prompt: sentence(rng, 12), maxTokens: 4 * p.o.MaxTokens}
+			return spec{prefix: -1, prompt: sentence(rng, 12), maxTokens: 4 * p.o.MaxTokens}
 		default:
-			return spec{prompt: sentence(rng, p.o.PrefixWords), maxTokens: p.o.MaxTokens}
+			return spec{prefix: -1, prompt: sentence(rng, p.o.PrefixWords), maxTokens: p.o.MaxTokens}
 		}
 	case LongContext:
 		if c.turns == 0 || len(strings.Fields(c.history)) > 3*p.o.PrefixWords {
@@ -407,7 +452,8 @@ func (p *prompts) next(w, i int, c *conv) spec {
 		}
 		c.turns++
 		c.history += question
-		return spec{prompt: c.history, maxTokens: p.o.MaxTokens, session: c.id}
+		return spec{prefix: w % len(p.prefixes), prompt: c.history, maxTokens: p.o.MaxTokens, session: c.id}
 	}
-	return spec{prompt: p.prefixes[rng.IntN(len(p.prefixes))] + question, maxTokens: p.o.MaxTokens}
+	k := rng.IntN(len(p.prefixes))
+	return spec{prefix: k, prompt: p.prefixes[k] + question, maxTokens: p.o.MaxTokens}
 }

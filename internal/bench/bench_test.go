@@ -79,6 +79,9 @@ func TestRunMeasures(t *testing.T) {
 			if len(r.Nodes) != 2 {
 				t.Errorf("per node %v, want two nodes", r.Nodes)
 			}
+			if r.TTFTMean < r.TTFT.P50/2 || r.TTFTMean > r.TTFT.P99 || len(r.Log) != r.Requests {
+				t.Errorf("TTFT mean %v (p50 %v), log of %d for %d requests", r.TTFTMean, r.TTFT.P50, len(r.Log), r.Requests)
+			}
 		})
 	}
 }
@@ -101,5 +104,31 @@ func TestLongContextGrows(t *testing.T) {
 func TestUnknownWorkload(t *testing.T) {
 	if _, err := Run(context.Background(), Options{API: "http://127.0.0.1:1", Workload: "nope"}); err == nil || !strings.Contains(err.Error(), "unknown workload") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestWarmupNotCounted(t *testing.T) {
+	srv, _ := fakeAPI(t)
+	r, err := Run(context.Background(), Options{API: srv.URL, Concurrency: 2, Warmup: 150 * time.Millisecond, Duration: 150 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := 0
+	for i, s := range r.Log {
+		if s.Warmup {
+			warm++
+		}
+		if i > 0 && s.Start.Before(r.Log[i-1].Start) {
+			t.Fatal("log not in the order sent")
+		}
+		if s.Prefix < 0 || !strings.Contains(s.Prompt, "System ") {
+			t.Fatalf("log entry %+v lacks its shared prompt", s)
+		}
+	}
+	if warm == 0 || warm+r.Requests != len(r.Log) || r.Requests == 0 {
+		t.Fatalf("%d warmup + %d measured requests, log of %d", warm, r.Requests, len(r.Log))
+	}
+	if r.Seconds < 0.14 || r.Seconds > 1 {
+		t.Fatalf("measured %.3fs, want about the duration (not the warmup)", r.Seconds)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/npumesh/npumesh/internal/bench"
+	"github.com/npumesh/npumesh/internal/engine"
 	"github.com/npumesh/npumesh/internal/gguf"
 	"github.com/npumesh/npumesh/internal/route"
 	"github.com/npumesh/npumesh/internal/synth"
@@ -51,6 +53,7 @@ func newBenchServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.Workload, "workload", bench.SharedPrefix, "workload: "+strings.Join(bench.Workloads, ", "))
 	f.IntVar(&o.Concurrency, "concurrency", 8, "requests in flight at once")
 	f.DurationVar(&o.Duration, "duration", 30*time.Second, "how long to send requests")
+	f.DurationVar(&o.Warmup, "warmup", 0, "send the workload this long first, counting none of it (fills the caches)")
 	f.IntVar(&o.PrefixWords, "prefix-words", 150, "length of the shared prompts in words")
 	f.IntVar(&o.Prefixes, "prefixes", 16, "number of distinct shared prompts")
 	f.IntVar(&o.MaxTokens, "max-tokens", 16, "completion length")
@@ -89,6 +92,7 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 		jsonOut    string
 		threads    int
 		dim, layer int
+		rounds1    int
 	)
 	cmd := &cobra.Command{
 		Use:   "policies [--nodes 4] [--policies round-robin,...] [--duration D] [--concurrency C]",
@@ -125,20 +129,45 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var results []*bench.Result
-			for _, p := range policies {
-				log.Info("benchmarking policy", "policy", p)
-				r, err := benchPolicy(c.Context(), exe, dataDir, modelPath, p, nodes, threads, o)
-				if err != nil {
-					return fmt.Errorf("policy %s: %w", p, err)
-				}
-				results = append(results, r)
+			oo, closeModel, err := oracleOptions(modelPath, nodes)
+			if err != nil {
+				return err
 			}
-			printPolicies(g.stdout, policies, results)
+			defer closeModel()
+			// Rounds interleave the policies, so that the machine's other
+			// load hits each of them alike; ratios are taken within a round.
+			var rounds [][]*bench.Result
+			for round := 0; round < max(rounds1, 1); round++ {
+				var results []*bench.Result
+				for _, p := range policies {
+					log.Info("benchmarking policy", "policy", p, "round", round+1)
+					r, err := benchPolicy(c.Context(), exe, dataDir, modelPath, p, nodes, threads, o)
+					if err != nil {
+						return fmt.Errorf("policy %s: %w", p, err)
+					}
+					if r.Oracle, err = bench.Oracle(oo, r.Log); err != nil {
+						return fmt.Errorf("policy %s: oracle: %w", p, err)
+					}
+					if r.Oracle.Mismatched > 0 {
+						log.Warn("the oracle's token counts differ from the nodes'", "requests", r.Oracle.Mismatched)
+					}
+					results = append(results, r)
+				}
+				if len(rounds) > 0 {
+					fmt.Fprintf(g.stdout, "\nround %d\n", round+1)
+				}
+				printPolicies(g.stdout, policies, results)
+				rounds = append(rounds, results)
+			}
+			if len(rounds) > 1 {
+				printRatioSummary(g.stdout, policies, rounds)
+			}
 			if jsonOut != "" {
-				out := map[string]*bench.Result{}
-				for i, p := range policies {
-					out[p] = results[i]
+				out := map[string][]*bench.Result{}
+				for _, results := range rounds {
+					for i, p := range policies {
+						out[p] = append(out[p], results[i])
+					}
 				}
 				return writeJSON(jsonOut, out)
 			}
@@ -151,8 +180,9 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.Workload, "workload", bench.SharedPrefix, "workload: "+strings.Join(bench.Workloads, ", "))
 	f.IntVar(&o.Concurrency, "concurrency", 8, "requests in flight at once")
 	f.DurationVar(&o.Duration, "duration", 20*time.Second, "load duration per policy")
+	f.DurationVar(&o.Warmup, "warmup", 10*time.Second, "load before the measured duration, per policy (fills the caches; not counted)")
 	f.IntVar(&o.PrefixWords, "prefix-words", 100, "length of the shared prompts in words")
-	f.IntVar(&o.Prefixes, "prefixes", 32, "number of distinct shared prompts (more than one node's KV cache holds, fewer than all nodes' together)")
+	f.IntVar(&o.Prefixes, "prefixes", 64, "number of distinct shared prompts (64 of 100 words: about 2.3 nodes' KV cache, 60% of 4 nodes')")
 	f.IntVar(&o.MaxTokens, "max-tokens", 8, "completion length")
 	f.StringVar(&dataDir, "data-dir", "", "where the CA, certificates and the synthetic model go (default: a temporary dir)")
 	f.StringVar(&modelPath, "model", "", "GGUF model to serve instead of the synthetic one")
@@ -160,7 +190,40 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 	f.IntVar(&dim, "synth-dim", 256, "embedding length of the synthetic model")
 	f.IntVar(&layer, "synth-layers", 4, "layers of the synthetic model")
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
+	f.IntVar(&rounds1, "rounds", 1, "run the policies this many times, interleaved, and summarize the per-round ratios")
 	return cmd
+}
+
+// printRatioSummary prints, per policy, the median and range over rounds of
+// its ratios to the first policy's numbers in the same round.
+func printRatioSummary(w io.Writer, policies []string, rounds [][]*bench.Result) {
+	fmt.Fprintf(w, "\nover %d rounds, ratios against %s in the same round: median [min, max]\n\n", len(rounds), policies[0])
+	fmt.Fprintf(w, "%-18s %-24s %-24s %-24s\n", "policy", "TTFT mean", "tok/s", "cached/oracle")
+	med := func(v []float64) string {
+		slices.Sort(v)
+		m := v[len(v)/2]
+		if len(v)%2 == 0 {
+			m = (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
+		return fmt.Sprintf("%.2f [%.2f, %.2f]", m, v[0], v[len(v)-1])
+	}
+	for i, p := range policies {
+		var ttft, tok, hit []float64
+		for _, rs := range rounds {
+			base, r := rs[0], rs[i]
+			if base.TTFTMean > 0 && base.OutputTokS > 0 {
+				ttft = append(ttft, r.TTFTMean/base.TTFTMean)
+				tok = append(tok, r.OutputTokS/base.OutputTokS)
+			}
+			if r.Oracle != nil && r.Oracle.HitRate > 0 {
+				hit = append(hit, r.CacheHitRate/r.Oracle.HitRate)
+			}
+		}
+		if len(ttft) == 0 || len(hit) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%-18s %-24s %-24s %-24s\n", p, med(ttft), med(tok), med(hit))
+	}
 }
 
 // benchPolicy runs `npumesh up` with one policy, loads it, and stops it.
@@ -226,6 +289,22 @@ func benchPolicy(ctx context.Context, exe, dataDir, model, policy string, nodes,
 	return bench.Run(ctx, o)
 }
 
+// oracleOptions loads the model once, for its tokenizer, block size and KV
+// capacity (the nodes of `up` use the engine's defaults, as this does).
+func oracleOptions(path string, nodes int) (bench.OracleOptions, func(), error) {
+	m, err := engine.Load(path, engine.Options{Threads: 1})
+	if err != nil {
+		return bench.OracleOptions{}, nil, fmt.Errorf("load %s for the oracle: %w", path, err)
+	}
+	tok := m.Tokenizer()
+	return bench.OracleOptions{
+		Tokenize:   func(p string) ([]int32, error) { return tok.Encode(p, true) },
+		BlockSize:  m.Info().BlockSize,
+		Nodes:      nodes,
+		NodeBlocks: m.CacheStats().Capacity,
+	}, func() { m.Close() }, nil
+}
+
 func countNodes(api string) int {
 	client := &http.Client{Timeout: 2 * time.Second}
 	resp, err := client.Get(api + "/api/v1/nodes")
@@ -250,11 +329,23 @@ func printPolicies(w io.Writer, policies []string, rs []*bench.Result) {
 		}
 		return fmt.Sprintf("%.2fx", a/b)
 	}
-	fmt.Fprintf(w, "%s workload (%d shared prompts), concurrency %d, %.0fs per policy; ratios against %s\n\n", base.Workload, base.Prefixes, base.Concurrency, base.Seconds, policies[0])
-	fmt.Fprintf(w, "%-18s %9s %9s %9s %9s %8s %7s %6s %9s %9s\n", "policy", "TTFT p50", "TTFT p99", "ITL p50", "tok/s", "cached", "errors", "reqs", "TTFT p50", "tok/s")
-	fmt.Fprintf(w, "%-18s %9s %9s %9s %9s %8s %7s %6s %9s %9s\n", "", "ms", "ms", "ms", "", "", "", "", "ratio", "ratio")
+	fmt.Fprintf(w, "%s workload (%d shared prompts), concurrency %d, %.0fs per policy; ratios against %s\n", base.Workload, base.Prefixes, base.Concurrency, base.Seconds, policies[0])
+	fmt.Fprintf(w, "oracle: the hit rate of a router that knows every node's cache at once (LRU nodes of the real capacity), on the same requests; bound: any earlier request's blocks reusable\n\n")
+	fmt.Fprintf(w, "%-18s %9s %9s %9s %9s %9s %8s %8s %8s %7s %6s %9s %9s %9s\n", "policy", "TTFT mean", "TTFT p50", "TTFT p99", "ITL p50", "tok/s", "cached", "oracle", "bound", "errors", "reqs", "TTFT mean", "tok/s", "cached/")
+	fmt.Fprintf(w, "%-18s %9s %9s %9s %9s %9s %8s %8s %8s %7s %6s %9s %9s %9s\n", "", "ms", "ms", "ms", "ms", "", "", "", "", "", "", "ratio", "ratio", "oracle")
+	pct := func(o *bench.OracleResult, f func(*bench.OracleResult) float64) string {
+		if o == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f%%", 100*f(o))
+	}
 	for i, r := range rs {
-		fmt.Fprintf(w, "%-18s %9.1f %9.1f %9.1f %9.1f %7.1f%% %7d %6d %9s %9s\n", policies[i], r.TTFT.P50, r.TTFT.P99, r.ITL.P50, r.OutputTokS,
-			100*r.CacheHitRate, r.Errors, r.Requests, ratio(r.TTFT.P50, base.TTFT.P50), ratio(r.OutputTokS, base.OutputTokS))
+		vs := "-"
+		if r.Oracle != nil && r.Oracle.HitRate > 0 {
+			vs = fmt.Sprintf("%.2f", r.CacheHitRate/r.Oracle.HitRate)
+		}
+		fmt.Fprintf(w, "%-18s %9.1f %9.1f %9.1f %9.1f %9.1f %7.1f%% %8s %8s %7d %6d %9s %9s %9s\n", policies[i], r.TTFTMean, r.TTFT.P50, r.TTFT.P99, r.ITL.P50, r.OutputTokS,
+			100*r.CacheHitRate, pct(r.Oracle, func(o *bench.OracleResult) float64 { return o.HitRate }), pct(r.Oracle, func(o *bench.OracleResult) float64 { return o.BoundHitRate }),
+			r.Errors, r.Requests, ratio(r.TTFTMean, base.TTFTMean), ratio(r.OutputTokS, base.OutputTokS), vs)
 	}
 }

@@ -33,6 +33,7 @@ type member struct {
 	// outstanding counts requests this coordinator has open on the node;
 	// routing reads it without the registry lock.
 	outstanding atomic.Int32
+	routeID     atomic.Int32 // the router's id for the node, plus 1 (0: not asked yet)
 	served      atomic.Uint64
 	failed      atomic.Uint64
 	// retired is set when the member leaves the registry; its connection

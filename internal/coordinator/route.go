@@ -34,7 +34,11 @@ type routing struct {
 
 // initRouting builds the routing state from the config's defaults.
 func (c *Coordinator) initRouting() error {
-	r, err := route.New(route.Config{Default: c.cfg.RoutePolicy, PerModel: c.cfg.RoutePolicies, MaxOutstanding: c.cfg.MaxOutstandingPerNode})
+	// Blocks routed to a node count as cached there until its cache events
+	// (one heartbeat after its prefill, or a few when it is busy) confirm
+	// or drop them.
+	r, err := route.New(route.Config{Default: c.cfg.RoutePolicy, PerModel: c.cfg.RoutePolicies, MaxOutstanding: c.cfg.MaxOutstandingPerNode,
+		PendingTTL: max(5*time.Second, 5*c.cfg.HeartbeatInterval)})
 	if err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
@@ -157,19 +161,55 @@ func (c *Coordinator) blockSize(model string) int {
 	return 0
 }
 
+// pickScratch is one decision's candidate list, pooled: with a thousand
+// nodes, allocating it per request would cost more than the decision.
+type pickScratch struct {
+	members, holders []*member
+	cands            []route.Candidate
+}
+
+var pickPool = sync.Pool{New: func() any { return new(pickScratch) }}
+
+// appendMembers appends the live members to dst, in no particular order (the
+// router does not depend on it: round-robin cycles over node ids).
+func (r *registry) appendMembers(dst []*member) []*member {
+	r.mu.RLock()
+	for _, m := range r.members {
+		dst = append(dst, m)
+	}
+	r.mu.RUnlock()
+	return dst
+}
+
+// routeID is m's id in the router, asked once per member.
+func (c *Coordinator) routeID(m *member) int32 {
+	if id := m.routeID.Load(); id > 0 {
+		return id - 1
+	}
+	id := c.rt.router.NodeID(m.name)
+	m.routeID.Store(id + 1)
+	return id
+}
+
 // pick chooses the node for one attempt among the live nodes that hold the
 // model, through the router: filters (draining, tried, queue limit, open
 // circuit), the model's policy's scorers, and its picker.
 func (c *Coordinator) pick(rr *routeReq, tried map[string]bool) (*member, *openai.Error) {
 	model := rr.r.Model
-	members := c.reg.list()
-	if len(members) == 0 {
+	ps := pickPool.Get().(*pickScratch)
+	defer func() {
+		clear(ps.members)
+		clear(ps.holders)
+		ps.members, ps.holders, ps.cands = ps.members[:0], ps.holders[:0], ps.cands[:0]
+		pickPool.Put(ps)
+	}()
+	ps.members = c.reg.appendMembers(ps.members[:0])
+	if len(ps.members) == 0 {
 		return nil, openai.ErrUnavailable("no node is registered with the coordinator; start one with: npumesh node --coordinator ...")
 	}
-	holders := make([]*member, 0, len(members))
-	cands := make([]route.Candidate, 0, len(members))
 	now := time.Now()
-	for _, m := range members {
+	anyOpen := c.rt.breakers.any()
+	for _, m := range ps.members {
 		m.mu.Lock()
 		mi, ok := m.models[model]
 		draining, load, tel := m.draining, m.load, m.telemetry
@@ -177,26 +217,26 @@ func (c *Coordinator) pick(rr *routeReq, tried map[string]bool) (*member, *opena
 		if !ok {
 			continue
 		}
-		holders = append(holders, m)
-		cands = append(cands, route.Candidate{
-			ID:          c.rt.router.NodeID(m.name),
+		ps.holders = append(ps.holders, m)
+		ps.cands = append(ps.cands, route.Candidate{
+			ID:          c.routeID(m),
 			Outstanding: m.outstanding.Load(),
 			QueueDepth:  load.GetQueueDepth(),
 			Draining:    draining,
 			Tried:       tried[m.name],
-			Open:        !c.rt.breakers.allow(m.name, now),
+			Open:        anyOpen && !c.rt.breakers.allow(m.name, now),
 			Throttling:  tel.GetThrottling(),
 			MaxTempC:    float32(tel.GetMaxTemperatureCelsius()),
 			DecodeTokS:  float32(mi.GetDecodeTokS()),
 		})
 	}
-	if len(holders) == 0 {
+	if len(ps.holders) == 0 {
 		if states := c.reg.unservable(model); len(states) > 0 {
 			return nil, openai.ErrUnavailable("model " + model + " cannot be served right now (" + strings.Join(states, ", ") + "); retry shortly")
 		}
 		return nil, openai.ErrModelNotFound(model)
 	}
-	d, err := c.rt.router.Pick(rr.r, cands)
+	d, err := c.rt.router.Pick(rr.r, ps.cands)
 	if err != nil {
 		var nc *route.ErrNoCandidate
 		if errors.As(err, &nc) && nc.Full {
@@ -204,15 +244,17 @@ func (c *Coordinator) pick(rr *routeReq, tried map[string]bool) (*member, *opena
 		}
 		return nil, openai.ErrUnavailable("no healthy node can serve model " + model + " right now")
 	}
-	m := holders[d.Index]
-	c.rt.breakers.started(m.name, now)
+	m := ps.holders[d.Index]
+	if anyOpen {
+		c.rt.breakers.started(m.name, now)
+	}
 	c.rt.router.Routed(m.name, rr.r)
 	return m, nil
 }
 
 // modelInfo returns what the live nodes report of a model, or nil.
 func (c *Coordinator) modelInfo(model string) *pb.ModelInfo {
-	for _, m := range c.reg.list() {
+	for _, m := range c.reg.appendMembers(nil) {
 		models, _ := m.snapshot()
 		if mi, ok := models[model]; ok {
 			return mi
@@ -330,7 +372,14 @@ type breakers struct {
 	cooldown time.Duration
 	mu       sync.Mutex // guards m
 	m        map[string]*breaker
+	// n is len(m), for a lock-free answer in the common case of no
+	// breaker holding a failure at all.
+	n atomic.Int32
 }
+
+// any says whether some node has a failure on record (a breaker that may
+// be open); when not, every node is allowed without asking.
+func (b *breakers) any() bool { return b.n.Load() > 0 }
 
 type breaker struct {
 	fails     int
@@ -372,6 +421,7 @@ func (b *breakers) success(name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.m, name)
+	b.n.Store(int32(len(b.m)))
 }
 
 // failure records a failed attempt and reports whether the circuit opened.
@@ -382,6 +432,7 @@ func (b *breakers) failure(name string, now time.Time) bool {
 	if br == nil {
 		br = &breaker{}
 		b.m[name] = br
+		b.n.Store(int32(len(b.m)))
 	}
 	br.fails++
 	if br.probing || br.fails >= b.failures {
@@ -407,6 +458,7 @@ func (b *breakers) reset(name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.m, name)
+	b.n.Store(int32(len(b.m)))
 }
 
 // state names a node's circuit for the cluster view: "closed", "open" or

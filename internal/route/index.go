@@ -13,6 +13,9 @@ import (
 // chat prompts hashed from their message contents).
 type index struct {
 	approxCap int
+	// pendingTTL is how long a block routed to a node that reports events
+	// counts as held before the node's own Stored event confirms it.
+	pendingTTL int64
 
 	mu     sync.RWMutex // guards models (the map; each modelIndex has its own lock)
 	models map[string]*modelIndex
@@ -25,6 +28,18 @@ type modelIndex struct {
 	reported bitset                      // nodes that sent events for this model
 	sets     map[int]map[uint64]struct{} // reported blocks per node, for CLEARED and forgetting
 	lrus     map[int]*lru                // approximate blocks per node
+	// Pending blocks: routed to a node that reports events, and not (yet)
+	// in its reported set. They are in precise too, so that a decision
+	// pays nothing for them, until they expire unconfirmed.
+	pending map[int]map[uint64]int64 // node -> block -> expiry (latest)
+	pfifo   []pendingEntry           // in expiry order
+	phead   int
+}
+
+type pendingEntry struct {
+	id  int
+	h   uint64
+	exp int64
 }
 
 type bitset []uint64
@@ -57,8 +72,8 @@ func (b bitset) empty() bool {
 	return true
 }
 
-func newIndex(approxCap int) *index {
-	return &index{approxCap: approxCap, models: map[string]*modelIndex{}}
+func newIndex(approxCap int, pendingTTL int64) *index {
+	return &index{approxCap: approxCap, pendingTTL: pendingTTL, models: map[string]*modelIndex{}}
 }
 
 func (x *index) model(name string, create bool) *modelIndex {
@@ -74,6 +89,7 @@ func (x *index) model(name string, create bool) *modelIndex {
 		mi = &modelIndex{
 			precise: map[uint64]bitset{}, approx: map[uint64]bitset{},
 			sets: map[int]map[uint64]struct{}{}, lrus: map[int]*lru{},
+			pending: map[int]map[uint64]int64{},
 		}
 		x.models[name] = mi
 	}
@@ -98,10 +114,11 @@ func del(m map[uint64]bitset, h uint64, id int) {
 	}
 }
 
-func (x *index) event(id, kind int, model string, hashes []uint64) {
+func (x *index) event(id, kind int, model string, hashes []uint64, now int64) {
 	mi := x.model(model, true)
 	mi.mu.Lock()
 	defer mi.mu.Unlock()
+	mi.expire(now)
 	if !mi.reported.has(id) {
 		// The node reports its cache from now on: its approximate record
 		// for plain prompts is superseded (chat hashes are kept apart).
@@ -121,9 +138,15 @@ func (x *index) event(id, kind int, model string, hashes []uint64) {
 			}
 		}
 	case Evicted:
+		// The node's word beats the coordinator's belief: a pending block
+		// it reports evicted is gone too.
+		pend := mi.pending[id]
 		for _, h := range hashes {
-			if _, ok := set[h]; ok {
+			_, ok := set[h]
+			_, pok := pend[h]
+			if ok || pok {
 				delete(set, h)
+				delete(pend, h)
 				del(mi.precise, h, id)
 			}
 		}
@@ -132,15 +155,73 @@ func (x *index) event(id, kind int, model string, hashes []uint64) {
 			del(mi.precise, h, id)
 		}
 		mi.sets[id] = map[uint64]struct{}{}
+		mi.dropPending(id)
 	}
 }
 
-func (x *index) routed(id int, model string, hashes []uint64, approx bool) {
+// dropPending forgets the blocks pending on node id.
+func (mi *modelIndex) dropPending(id int) {
+	for h := range mi.pending[id] {
+		if _, ok := mi.sets[id][h]; !ok {
+			del(mi.precise, h, id)
+		}
+	}
+	delete(mi.pending, id) // the entries left in pfifo find nothing
+}
+
+// expire drops pending blocks older than their expiry that the node's
+// events have not confirmed.
+func (mi *modelIndex) expire(now int64) {
+	for mi.phead < len(mi.pfifo) && mi.pfifo[mi.phead].exp <= now {
+		e := mi.pfifo[mi.phead]
+		mi.phead++
+		pend := mi.pending[e.id]
+		if exp, ok := pend[e.h]; !ok || exp != e.exp {
+			continue // renewed since, or gone
+		}
+		delete(pend, e.h)
+		if _, held := mi.sets[e.id][e.h]; !held {
+			del(mi.precise, e.h, e.id)
+		}
+	}
+	if mi.phead > 1024 && mi.phead*2 > len(mi.pfifo) {
+		mi.pfifo = append(mi.pfifo[:0], mi.pfifo[mi.phead:]...)
+		mi.phead = 0
+	}
+}
+
+func (x *index) routed(id int, model string, hashes []uint64, approx bool, now int64) {
 	mi := x.model(model, true)
 	mi.mu.Lock()
 	defer mi.mu.Unlock()
+	mi.expire(now)
 	if !approx && mi.reported.has(id) {
-		return // the node's own events say what it holds
+		// The node's own events say what it holds, but they arrive with
+		// the next heartbeat after its prefill: until then (or until
+		// pendingTTL passes) count the blocks as held, so that the
+		// requests that follow this one meanwhile find them here rather
+		// than start a second copy elsewhere.
+		if x.pendingTTL <= 0 {
+			return
+		}
+		pend := mi.pending[id]
+		if pend == nil {
+			pend = map[uint64]int64{}
+			mi.pending[id] = pend
+		}
+		set := mi.sets[id]
+		exp := now + x.pendingTTL
+		for _, h := range hashes {
+			if _, held := set[h]; held {
+				continue
+			}
+			if _, ok := pend[h]; !ok {
+				add(mi.precise, h, id)
+			}
+			pend[h] = exp
+			mi.pfifo = append(mi.pfifo, pendingEntry{id: id, h: h, exp: exp})
+		}
+		return
 	}
 	l := mi.lrus[id]
 	if l == nil {
@@ -169,6 +250,7 @@ func (x *index) forgetNode(id int) {
 		for h := range mi.sets[id] {
 			del(mi.precise, h, id)
 		}
+		mi.dropPending(id)
 		delete(mi.sets, id)
 		if l := mi.lrus[id]; l != nil {
 			for e := l.l.Front(); e != nil; e = e.Next() {

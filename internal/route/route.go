@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Policy names, the values of --route-policy.
@@ -105,18 +106,26 @@ const (
 )
 
 func newPolicy(name string) (policy, error) {
-	// Scores are in units of one queued request: a node's score falls by
-	// Queue for every request it has, and rises by Prefix times the share
-	// of the prompt it holds cached and by Capability times its capability
-	// score in [0, 1]. So the composite sends a request to a node that holds
-	// the whole prompt while it has fewer than two more requests than the
-	// idlest node; a linear queue term keeps a hot prefix from herding every
-	// request onto one node.
+	// Scores are in units of one queued request. A node's score falls by
+	// Queue for every request it has, and by Prefix times the share of the
+	// prompt it does not hold cached: a miss costs this request the prefill
+	// the cache would have saved, and costs later requests the cache room a
+	// second copy of the prefix takes. So a request goes to a node that holds
+	// its whole prompt while that node has fewer than Prefix more requests
+	// than the idlest one; a linear queue term keeps a hot prefix from
+	// herding every request onto one node.
+	//
+	// A capability-aware policy (composite, capability, session) counts the
+	// same work in time: the queue, this request and its prefix miss, all
+	// divided by the node's speed, so that a fast node is not bought with a
+	// cache miss and a slow one holding the prefix is not passed over for
+	// small differences in measured speed (which on shared machines are
+	// mostly noise).
 	switch name {
 	case PolicyComposite, "":
-		return policy{name: PolicyComposite, w: Weights{Prefix: 2, Queue: 1, Capability: 1}}, nil
+		return policy{name: PolicyComposite, w: Weights{Prefix: 4, Queue: 1, Capability: 0.5}}, nil
 	case PolicyPrefix:
-		// Prefix first: a full hit is worth four queued requests.
+		// Prefix and queue only: a full hit is worth four queued requests.
 		return policy{name: name, w: Weights{Prefix: 4, Queue: 1}}, nil
 	case PolicyLeastOutstanding:
 		return policy{name: name, w: Weights{Queue: 1}}, nil
@@ -127,7 +136,7 @@ func newPolicy(name string) (policy, error) {
 	case PolicyCapability:
 		return policy{name: name, w: Weights{Queue: 1, Capability: 2}}, nil
 	case PolicySession:
-		return policy{name: name, w: Weights{Prefix: 2, Queue: 1, Capability: 1}, session: true}, nil
+		return policy{name: name, w: Weights{Prefix: 4, Queue: 1, Capability: 0.5}, session: true}, nil
 	}
 	return policy{}, fmt.Errorf("%w %q (known: %s)", ErrUnknownPolicy, name, strings.Join(Policies, ", "))
 }
@@ -144,6 +153,14 @@ type Config struct {
 	ApproxBlocksPerNode int
 	// Sessions bounds the affinity table (default 65536 keys).
 	Sessions int
+	// PendingTTL is how long blocks routed to a node that reports cache
+	// events count as held on it before its own Stored event confirms them
+	// (default 5s; negative: not at all). Events come with heartbeats, after
+	// the prefill: without this, the requests routed in between see no
+	// copy of their prefix anywhere and spread it over several nodes.
+	PendingTTL time.Duration
+	// Now is the clock (default time.Now), for tests.
+	Now func() time.Time
 }
 
 // ParsePolicies reads "POLICY" or "POLICY,model=POLICY,..." (the
@@ -187,12 +204,15 @@ type Router struct {
 	ids   map[string]int
 	free  []int
 	maxID atomic.Int64 // highest id given out
-	rr    atomic.Uint64
+	// rrLast is the node id round-robin picked last (-1: none): it cycles
+	// over ids, so the candidates may come in any order.
+	rrLast atomic.Int64
 	// speedMean is the mean decode speed (float64 bits) seen by the last
 	// capability-weighted decision.
 	speedMean atomic.Uint64
 	index     *index
 	sess      *sessions
+	now       func() time.Time
 }
 
 // New builds a Router.
@@ -202,6 +222,7 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	r := &Router{def: def, perModel: map[string]policy{}, maxOut: cfg.MaxOutstanding, ids: map[string]int{}}
+	r.rrLast.Store(-1)
 	for model, name := range cfg.PerModel {
 		p, err := newPolicy(name)
 		if err != nil {
@@ -215,7 +236,14 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Sessions <= 0 {
 		cfg.Sessions = 1 << 16
 	}
-	r.index = newIndex(cfg.ApproxBlocksPerNode)
+	if cfg.PendingTTL == 0 {
+		cfg.PendingTTL = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r.now = cfg.Now
+	r.index = newIndex(cfg.ApproxBlocksPerNode, int64(cfg.PendingTTL))
 	r.sess = newSessions(cfg.Sessions)
 	return r, nil
 }
@@ -278,15 +306,16 @@ const (
 // node's set for the model. From the first event on, the node's reported
 // set replaces the approximate record for that model.
 func (r *Router) CacheEvent(node string, kind int, model string, hashes []uint64) {
-	r.index.event(int(r.NodeID(node)), kind, model, hashes)
+	r.index.event(int(r.NodeID(node)), kind, model, hashes, r.now().UnixNano())
 }
 
 // Routed records that a request with these hashes went to node: the
 // approximate index for nodes that report no events (and for chat
-// prompts, whose hashes are not the node's).
+// prompts, whose hashes are not the node's); for nodes that report, the
+// blocks are pending until their events confirm them (Config.PendingTTL).
 func (r *Router) Routed(node string, req Request) {
 	if len(req.Hashes) > 0 {
-		r.index.routed(int(r.NodeID(node)), req.Model, req.Hashes, req.Approx)
+		r.index.routed(int(r.NodeID(node)), req.Model, req.Hashes, req.Approx, r.now().UnixNano())
 	}
 	if req.Session != "" && r.policyFor(req.Model).session {
 		r.sess.set(req.Model+"\x00"+req.Session, r.NodeID(node))
@@ -341,13 +370,29 @@ func (r *Router) Pick(req Request, cands []Candidate) (Decision, error) {
 
 	switch p.picker {
 	case pickRR:
-		k := int(r.rr.Add(1)-1) % eligible
-		for i := range cands {
-			if ok(&cands[i]) {
-				if k == 0 {
-					return Decision{Index: i, PrefixBlocks: r.index.matchOne(req, int(cands[i].ID))}, nil
+		// The eligible node with the next id after the last one picked
+		// (wrapping around); a concurrent pick that got there first makes
+		// this one look again.
+		for tries := 0; ; tries++ {
+			last := r.rrLast.Load()
+			next, lowest := -1, -1
+			for i := range cands {
+				if !ok(&cands[i]) {
+					continue
 				}
-				k--
+				id := cands[i].ID
+				if int64(id) > last && (next < 0 || id < cands[next].ID) {
+					next = i
+				}
+				if lowest < 0 || id < cands[lowest].ID {
+					lowest = i
+				}
+			}
+			if next < 0 {
+				next = lowest
+			}
+			if r.rrLast.CompareAndSwap(last, int64(cands[next].ID)) || tries >= 8 {
+				return Decision{Index: next, PrefixBlocks: r.index.matchOne(req, int(cands[next].ID))}, nil
 			}
 		}
 	case pickP2C:
@@ -389,7 +434,8 @@ func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error
 	if mean > 0 {
 		invMean = 1 / mean
 	}
-	invBlocks := 1 / float64(max(len(req.Hashes), 1))
+	nBlocks := len(req.Hashes)
+	invBlocks := 1 / float64(max(nBlocks, 1))
 	wp, wq, wc := p.w.Prefix*invBlocks, p.w.Queue, p.w.Capability
 	maxOut := int32(math.MaxInt32)
 	if r.maxOut > 0 {
@@ -411,21 +457,26 @@ func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error
 		if havePM {
 			blocks = pm.blocks(int(c.ID))
 		}
-		s := wp * float64(blocks)
+		// miss is the prefix term: the share of the prompt not cached
+		// there, weighted (0 when nothing is known of any cache).
+		miss := 0.0
+		if havePM {
+			miss = wp * float64(nBlocks-blocks)
+		}
+		var s float64
 		if wc > 0 {
-			// A capability-aware policy counts queued work in time, not in
-			// requests: the wait behind L requests plus this one is (L+1)
-			// divided by the node's speed, and a throttling node runs at a
-			// fraction of its speed. So a hot node gets work only when the
-			// cool ones are several requests busier.
-			s -= wq * float64(load(c)+1) / speedFactor(c, invMean)
-			s += wc * capability(c, invMean)
+			// Work in time: the queue, this request and its miss, over
+			// the node's speed (a throttling node runs at a quarter of
+			// it, so it gets work only when the cool ones are several
+			// requests busier); plus a small bonus for capability.
+			sf, cp := speedCap(c, invMean)
+			s = -(wq*float64(load(c)+1)+miss)/sf + wc*cp
 			if c.DecodeTokS > 0 {
 				sum += float64(c.DecodeTokS)
 				known++
 			}
 		} else {
-			s -= wq * float64(load(c))
+			s = -wq*float64(load(c)) - miss
 		}
 		switch {
 		case s > bestScore:
@@ -454,43 +505,43 @@ func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error
 // reports queued if more (other coordinators, or a slow heartbeat).
 func load(c *Candidate) int { return int(max(c.Outstanding, c.QueueDepth)) }
 
-// capability scores measured speed and heat in [0, 1]: a cool node of
-// average speed scores 0.5, one twice as fast (or more) 1; a throttling node
-// scores a quarter of that, a hot one (above 85 °C) half. Unknown speeds
-// count as average.
-func capability(c *Candidate, invMean float64) float64 {
+// speedCap returns a node's speed factor and its capability score, from
+// its decode speed relative to the mean (unknown counts as average) and its
+// heat, in one go (a decision computes them for every candidate, so plain
+// comparisons rather than the float min/max builtins, whose NaN handling
+// costs several instructions each).
+//
+// The speed factor is the relative speed clamped to [0.25, 2], times the
+// thermal slowdown: a quarter when the node reports throttling (and what it
+// measured before it got hot earns it no bonus), a half above 85 °C.
+//
+// The capability score is in [0, 1]: a cool node of average speed scores
+// 0.5, one twice as fast (or more) 1; a throttling node scores a quarter of
+// that, a hot one half.
+func speedCap(c *Candidate, invMean float64) (sf, cp float64) {
 	rel := 1.0
 	if c.DecodeTokS > 0 && invMean > 0 {
 		rel = float64(c.DecodeTokS) * invMean
-		if rel > 2 {
-			rel = 2
-		}
 	}
-	s := rel / 2
-	if c.Throttling {
-		s *= 0.25
-	} else if c.MaxTempC > 85 {
-		s *= 0.5
+	if rel > 2 {
+		rel = 2
 	}
-	return s
-}
-
-// speedFactor is a node's speed relative to the mean (unknown counts as
-// average), clamped to [0.25, 2], times its thermal slowdown: a quarter when
-// it reports throttling, a half above 85 °C.
-func speedFactor(c *Candidate, invMean float64) float64 {
-	rel := 1.0
-	if c.DecodeTokS > 0 && invMean > 0 {
-		rel = min(max(float64(c.DecodeTokS)*invMean, 0.25), 2)
+	sf, cp = rel, rel*0.5
+	if sf < 0.25 {
+		sf = 0.25
 	}
 	switch {
 	case c.Throttling:
-		// What it measured before it got hot does not earn it a bonus.
-		rel = min(rel, 1) * 0.25
+		if sf > 1 {
+			sf = 1
+		}
+		sf *= 0.25
+		cp *= 0.25
 	case c.MaxTempC > 85:
-		rel *= 0.5
+		sf *= 0.5
+		cp *= 0.5
 	}
-	return rel
+	return sf, cp
 }
 
 // meanSpeed returns the mean of the known decode speeds, 0 when none is known.

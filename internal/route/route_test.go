@@ -122,6 +122,17 @@ func TestPolicies(t *testing.T) {
 		if seen["a"] != 10 || seen["b"] != 10 || seen["c"] != 10 {
 			t.Fatalf("round-robin spread = %v, want 10 each", seen)
 		}
+		// It cycles over nodes, not slice positions: the coordinator lists
+		// its nodes in no particular order.
+		clear(seen)
+		for i := 0; i < 30; i++ {
+			rand.Shuffle(len(c), func(i, j int) { c[i], c[j] = c[j], c[i] })
+			d, _ := r.Pick(Request{Model: "m"}, c)
+			seen[name(r, c[d.Index])]++
+		}
+		if seen["a"] != 10 || seen["b"] != 10 || seen["c"] != 10 {
+			t.Fatalf("round-robin over shuffled candidates = %v, want 10 each", seen)
+		}
 	})
 	t.Run("p2c", func(t *testing.T) {
 		r := mustRouter(t, PolicyP2C)
@@ -332,5 +343,89 @@ func BenchmarkPickWithHash1000(b *testing.B) {
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	if len(times) > 0 {
 		b.ReportMetric(float64(times[len(times)*99/100].Nanoseconds())/1e3, "p99-µs")
+	}
+}
+
+// TestPendingUntilReported: a node that reports cache events learns of a
+// prompt's blocks only with its next heartbeat after the prefill; the
+// requests routed before that must still find the prefix where it went, not
+// start copies on the other nodes. Unconfirmed blocks expire.
+func TestPendingUntilReported(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r, err := New(Config{Default: PolicyPrefix, PendingTTL: 2 * time.Second, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cands(r, "a", "b", "c")
+	h := blockhash.Chain("m", tokens(64, 3), 4) // 16 blocks
+	other := blockhash.Chain("m", tokens(64, 4), 4)
+	for _, n := range []string{"a", "b", "c"} {
+		r.CacheEvent(n, Stored, "m", other[:1]) // every node reports events
+	}
+	req := Request{Model: "m", Hashes: h}
+	d, err := r.Pick(req, c)
+	if err != nil || d.PrefixBlocks != 0 {
+		t.Fatalf("cold pick = %+v, %v", d, err)
+	}
+	first := name(r, c[d.Index])
+	r.Routed(first, req)
+	c[d.Index].Outstanding = 1 // it is busy with that request
+	// The follower, before any event: same node, whole prefix believed held.
+	d, _ = r.Pick(req, c)
+	if name(r, c[d.Index]) != first || d.PrefixBlocks != len(h) {
+		t.Fatalf("follower went to %s with %d blocks; want %s with %d (pending)", name(r, c[d.Index]), d.PrefixBlocks, first, len(h))
+	}
+	// Confirmed blocks outlive the TTL; unconfirmed ones do not.
+	r.CacheEvent(first, Stored, "m", h[:10])
+	now = now.Add(3 * time.Second)
+	r.Routed(first, Request{Model: "m", Hashes: other[:1]}) // any routing expires old entries
+	if got := r.index.matchOne(req, int(r.NodeID(first))); got != 10 {
+		t.Fatalf("after the TTL %s matches %d blocks, want the 10 it reported", first, got)
+	}
+	// An eviction reported while a block is pending removes it at once.
+	r.Routed(first, req) // pending again: blocks 10..15
+	if got := r.index.matchOne(req, int(r.NodeID(first))); got != len(h) {
+		t.Fatalf("re-routed: %d blocks, want %d", got, len(h))
+	}
+	r.CacheEvent(first, Evicted, "m", h[12:13])
+	if got := r.index.matchOne(req, int(r.NodeID(first))); got != 12 {
+		t.Fatalf("after evicting block 12: %d blocks, want 12", got)
+	}
+	// A node that registers again starts empty, pending blocks included.
+	r.ForgetNode(first)
+	if got := r.index.matchOne(req, int(r.NodeID(first))); got != 0 {
+		t.Fatalf("forgotten node matches %d", got)
+	}
+	if mi := r.index.model("m", false); len(mi.precise) != 1 { // only other[0], from the others
+		t.Fatalf("index holds %d hashes after forgetting, want 1", len(mi.precise))
+	}
+}
+
+// TestCompositeKeepsPrefixOverNoisySpeed: the default policy weighs the
+// prefix miss in the same time units as the queue, so a node measured
+// somewhat slower that holds the prompt keeps it (a second copy elsewhere
+// costs a full prefill and cache room), but a throttling one does not.
+func TestCompositeKeepsPrefixOverNoisySpeed(t *testing.T) {
+	r := mustRouter(t, PolicyComposite)
+	c := cands(r, "a", "b")
+	h := blockhash.Chain("m", tokens(64, 5), 4)
+	r.CacheEvent("a", Stored, "m", h)
+	r.CacheEvent("b", Stored, "m", blockhash.Chain("m", tokens(64, 6), 4))
+	c[0].DecodeTokS, c[0].Outstanding = 30, 1
+	c[1].DecodeTokS = 50
+	req := Request{Model: "m", Hashes: h}
+	for i := 0; i < 10; i++ {
+		if d, _ := r.Pick(req, c); name(r, c[d.Index]) != "a" || d.PrefixBlocks != len(h) {
+			t.Fatalf("got %s (%d blocks), want a, which holds the prompt", name(r, c[d.Index]), d.PrefixBlocks)
+		}
+	}
+	c[0].Throttling = true
+	if d, _ := r.Pick(req, c); name(r, c[d.Index]) != "b" {
+		t.Fatal("a throttling node kept the request")
+	}
+	// Without a prefix anywhere, the faster idle node wins.
+	c[0].Throttling, c[0].Outstanding = false, 0
+	if d, _ := r.Pick(Request{Model: "m", Hashes: blockhash.Chain("m", tokens(64, 7), 4)}, c); name(r, c[d.Index]) != "b" {
+		t.Fatal("with no cached prefix the slower node won")
 	}
 }
