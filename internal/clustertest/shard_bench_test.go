@@ -41,10 +41,10 @@ func pipelineBenchModel(b *testing.B) string {
 // benchCluster starts an in-process cluster of n nodes serving model,
 // sharded in n stages when n > 1, each node behind a relay with link when
 // link is not nil.
-func benchCluster(b *testing.B, model string, n int, act string, link *linkemu.Config) (*inProcess, []*linkemu.Relay) {
+func benchCluster(b *testing.B, model string, n, threads int, act string, link *linkemu.Config) (*inProcess, []*linkemu.Relay) {
 	var relays []*linkemu.Relay
 	p := startInProcessOpts(b, inProcessOptions{
-		nodes: n, model: model, engine: engine.Options{Threads: 2, Quantize: "q8_0"},
+		nodes: n, model: model, engine: engine.Options{Threads: threads, Quantize: "q8_0"},
 		coord: func(cfg *coordinator.Config) {
 			if n > 1 {
 				cfg.Shards = map[string]coordinator.ShardSpec{"pipe": {Stages: n, Activations: act}}
@@ -110,30 +110,37 @@ func medianF(d []float64) float64 {
 }
 
 // BenchmarkPipelineLoopback: a 2-stage pipeline against one node, same
-// model, same machine, f16 activations.
+// model, same machine, f16 activations. threads1 gives every node one
+// thread, as if each were a one-core machine (the pipeline then has a core
+// per stage); threads2 gives every node both cores, so the stages share
+// them.
 func BenchmarkPipelineLoopback(b *testing.B) {
 	model := pipelineBenchModel(b)
-	one, _ := benchCluster(b, model, 1, "", nil)
-	two, _ := benchCluster(b, model, 2, "f16", nil)
-	perToken(b, one.api, 8) // warm up
-	perToken(b, two.api, 8)
-	var t1, t2 []time.Duration
-	var a1, a2 []float64
-	for range b.N {
-		for range 3 {
-			t1 = append(t1, perToken(b, one.api, 64))
-			t2 = append(t2, perToken(b, two.api, 64))
-			a1 = append(a1, aggregate(b, one.api, 8, 32))
-			a2 = append(a2, aggregate(b, two.api, 8, 32))
-		}
+	for _, threads := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads%d", threads), func(b *testing.B) {
+			one, _ := benchCluster(b, model, 1, threads, "", nil)
+			two, _ := benchCluster(b, model, 2, threads, "f16", nil)
+			perToken(b, one.api, 8) // warm up
+			perToken(b, two.api, 8)
+			var t1, t2 []time.Duration
+			var a1, a2 []float64
+			for range b.N {
+				for range 3 {
+					t1 = append(t1, perToken(b, one.api, 64))
+					t2 = append(t2, perToken(b, two.api, 64))
+					a1 = append(a1, aggregate(b, one.api, 8, 32))
+					a2 = append(a2, aggregate(b, two.api, 8, 32))
+				}
+			}
+			m1, m2 := median(t1), median(t2)
+			b.ReportMetric(float64(m1.Microseconds())/1000, "ms/token-single")
+			b.ReportMetric(float64(m2.Microseconds())/1000, "ms/token-2stage")
+			b.ReportMetric(m1.Seconds()/m2.Seconds(), "batch1-ratio")
+			b.ReportMetric(medianF(a1), "agg8-tok/s-single")
+			b.ReportMetric(medianF(a2), "agg8-tok/s-2stage")
+			b.ReportMetric(medianF(a2)/medianF(a1), "agg8-ratio")
+		})
 	}
-	m1, m2 := median(t1), median(t2)
-	b.ReportMetric(float64(m1.Microseconds())/1000, "ms/token-single")
-	b.ReportMetric(float64(m2.Microseconds())/1000, "ms/token-2stage")
-	b.ReportMetric(m1.Seconds()/m2.Seconds(), "batch1-ratio")
-	b.ReportMetric(medianF(a1), "agg8-tok/s-single")
-	b.ReportMetric(medianF(a2), "agg8-tok/s-2stage")
-	b.ReportMetric(medianF(a2)/medianF(a1), "agg8-ratio")
 }
 
 // BenchmarkPipelineLinks: 2- and 3-stage pipelines whose nodes are each
@@ -146,9 +153,9 @@ func BenchmarkPipelineLinks(b *testing.B) {
 	}{{"wifi7", linkemu.WiFi7}, {"ethernet", linkemu.Ethernet}} {
 		b.Run(lc.name, func(b *testing.B) {
 			cfg := lc.cfg
-			one, _ := benchCluster(b, model, 1, "", &cfg)
-			two, relays2 := benchCluster(b, model, 2, "f16", &cfg)
-			three, _ := benchCluster(b, model, 3, "f16", &cfg)
+			one, _ := benchCluster(b, model, 1, 1, "", &cfg)
+			two, relays2 := benchCluster(b, model, 2, 1, "f16", &cfg)
+			three, _ := benchCluster(b, model, 3, 1, "f16", &cfg)
 			perToken(b, one.api, 8)
 			perToken(b, two.api, 8)
 			perToken(b, three.api, 8)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sort"
 	"sync"
 	"time"
@@ -227,21 +226,13 @@ func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude ma
 		byName[m.name] = m
 	}
 	pp := &pipelinePlan{first: byName[plan.Stages[0].Node], plan: plan, pb: &pb.Pipeline{Activations: act}}
-	hosts := map[string]bool{}
 	for _, s := range plan.Stages {
-		addr := byName[s.Node].addr
-		pp.pb.Stages = append(pp.pb.Stages, &pb.PipelineStage{Node: s.Node, Address: addr, LayerLo: int32(s.Lo), LayerHi: int32(s.Hi)})
-		host, _, err := net.SplitHostPort(addr)
-		if err != nil {
-			host = addr
-		}
-		hosts[host] = true
+		pp.pb.Stages = append(pp.pb.Stages, &pb.PipelineStage{Node: s.Node, Address: byName[s.Node].addr, LayerLo: int32(s.Lo), LayerHi: int32(s.Hi)})
 	}
-	// Stages on machines of their own work on different micro-batches
-	// at once. Stages that share a machine share its cores and memory
-	// bandwidth: splitting the batch would only read the weights again
-	// per group, so they step the whole batch together.
-	pp.pb.MicroBatches = int32(len(hosts))
+	// One micro-batch per stage, so every stage has work while the others
+	// compute. (Stages whose nodes share cores gain nothing from it: they
+	// read the weights once per micro-batch instead of once per step.)
+	pp.pb.MicroBatches = int32(len(plan.Stages))
 	return pp, nil
 }
 

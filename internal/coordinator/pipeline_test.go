@@ -55,7 +55,7 @@ func TestPlanPipeline(t *testing.T) {
 			t.Errorf("first %s, stages %v", pp.first.name, st)
 		}
 		if pp.pb.GetActivations() != "f16" || pp.pb.GetMicroBatches() != 2 {
-			t.Errorf("activations %q, micro-batches %d; want f16 and 2 (two hosts)", pp.pb.GetActivations(), pp.pb.GetMicroBatches())
+			t.Errorf("activations %q, micro-batches %d; want f16 and 2 (one per stage)", pp.pb.GetActivations(), pp.pb.GetMicroBatches())
 		}
 	})
 	t.Run("requested stages split by measured speed", func(t *testing.T) {
