@@ -4,44 +4,21 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/npumesh/npumesh/internal/linkemu"
 )
 
-// nsListen opens a TCP listener inside namespace ns. The thread that
-// entered the namespace is never unlocked, so it ends with its goroutine
-// and no other goroutine runs in the namespace.
-func nsListen(ns, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{err: fmt.Errorf("setns %s: %w", ns, err)}
-			return
-		}
-		l, err := net.Listen("tcp", addr)
-		ch <- result{l, err}
-	}()
-	r := <-ch
-	return r.l, r.err
+// nsListen opens a TCP listener inside namespace ns.
+func nsListen(ns, addr string) (l net.Listener, err error) {
+	err = inNetns(ns, func() error {
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
 }
 
 // shapeHost puts a tbf qdisc on the egress of h's LAN interface.
