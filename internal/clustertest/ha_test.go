@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,7 +19,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -274,36 +272,9 @@ func TestStaticSeedsFailover(t *testing.T) {
 // OS thread moved into ns (locked and never unlocked, so the thread ends
 // with its goroutine); the connection then works from any thread.
 func nsDial(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		err = inNetns(ns, func() error {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return DialInNetns(ctx, ns, network, addr)
 	}
-}
-
-// inNetns runs fn on a thread of its own inside namespace ns, and waits.
-// The thread is never unlocked, so it ends with its goroutine and no
-// other goroutine ever runs in the namespace; sockets fn opens stay in it.
-func inNetns(ns string, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		done <- fn()
-	}()
-	return <-done
 }
 
 // nsAPI is a coordinator's HTTP API reached inside a namespace.

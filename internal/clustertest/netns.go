@@ -4,15 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/npumesh/npumesh/internal/testdata"
 )
@@ -250,4 +255,70 @@ func (p *Process) WaitLog(s string, timeout time.Duration) {
 			p.t.Fatalf("no %q in the process log within %s:\n%s", s, timeout, p.Log.String())
 		}
 	}
+}
+
+// InNetns runs fn on an OS thread of the test process that is inside
+// network namespace ns (a name under /run/netns) while fn runs; sockets
+// fn creates stay in ns and work from any thread afterwards. fn runs on
+// its own goroutine and must do its namespace work on it (no goroutines).
+//
+// The thread is moved back to its own namespace before it is unlocked and
+// returned to the scheduler. It must not simply end locked (the runtime's
+// answer to "locked and never unlocked"): a child started with Pdeathsig
+// (StartDaemon) is killed when the *thread* that forked it exits, so
+// ending a thread kills whichever test daemon the Go scheduler happened to
+// fork from it, and a locked goroutine that ends on the main thread wedges
+// that thread inside ns. Only when the way back fails does the thread stay
+// locked and end with the goroutine, so no other goroutine ever runs in ns.
+func InNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("this thread's network namespace: %w", err)
+			return
+		}
+		defer home.Close()
+		target, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		err = unix.Setns(int(target.Fd()), unix.CLONE_NEWNET)
+		target.Close()
+		if err != nil {
+			runtime.UnlockOSThread() // setns failed: the thread did not move
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", ns, err))
+			return // still locked: the thread ends with this goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// DialInNetns dials addr, an IP:port (a host name would be resolved on
+// other goroutines, outside ns), from inside network namespace ns (see
+// InNetns).
+func DialInNetns(ctx context.Context, ns, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := InNetns(ns, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	if err != nil && c != nil {
+		c.Close()
+		c = nil
+	}
+	return c, err
 }

@@ -14,7 +14,7 @@ import (
 
 // nsListen opens a TCP listener inside namespace ns.
 func nsListen(ns, addr string) (l net.Listener, err error) {
-	err = inNetns(ns, func() error {
+	err = InNetns(ns, func() error {
 		l, err = net.Listen("tcp", addr)
 		return err
 	})
