@@ -126,10 +126,24 @@ func StartDaemon(t testing.TB, name string, cmd *exec.Cmd) *Daemon {
 	d := &Daemon{Name: name, Cmd: cmd, Log: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.Log, d.Log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the forking thread ends, not the process: the
+	// child is started and waited for on one locked thread, which lives as
+	// long as the child.
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		d.waitErr = cmd.Wait()
+		close(d.done)
+	}()
+	if err := <-started; err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { d.waitErr = cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		d.Stop(30 * time.Second)
 		if t.Failed() {
