@@ -66,12 +66,13 @@ type pipelines struct {
 }
 
 type rttSample struct {
-	rtt time.Duration
-	at  time.Time
+	rtt         time.Duration
+	bytesPerSec float64 // 0: unknown
+	at          time.Time
 }
 
-// rttMaxAge is how long a measured round trip is used before it is
-// measured again.
+// rttMaxAge is how long a measured link is used before it is measured
+// again.
 const rttMaxAge = 30 * time.Second
 
 // SetShard sets (or with Stages 0 and no activations, resets to automatic)
@@ -207,12 +208,20 @@ func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude ma
 		act = "f16"
 	}
 	actBytes, _ := ActivationBytes(act)
-	rtts := c.measureRTTs(ctx, holders)
+	links := c.measureLinks(ctx, holders)
 	link := func(a, b string) shard.Link {
-		// The coordinator measures its own round trip to each node; a
-		// link between two nodes is estimated as the slower of the two.
-		r := max(rtts[a], rtts[b])
-		return shard.Link{RTT: r}
+		// The coordinator measures its own link to each node; a link
+		// between two nodes is estimated from the two: the slower round
+		// trip and the lower bandwidth.
+		la, lb := links[a], links[b]
+		l := shard.Link{RTT: max(la.RTT, lb.RTT), BytesPerSec: la.BytesPerSec}
+		switch {
+		case a == "":
+			l.BytesPerSec = lb.BytesPerSec
+		case b != "" && lb.BytesPerSec > 0 && (l.BytesPerSec == 0 || lb.BytesPerSec < l.BytesPerSec):
+			l.BytesPerSec = lb.BytesPerSec
+		}
+		return l
 	}
 	plan, err := shard.Make(sm, nodes, shard.Options{Stages: stages, ActBytes: actBytes, Link: link})
 	if err != nil {
@@ -236,10 +245,15 @@ func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude ma
 	return pp, nil
 }
 
-// measureRTTs returns the round trip to each member, measuring (an Info
-// call) those not measured in the last rttMaxAge.
-func (c *Coordinator) measureRTTs(ctx context.Context, ms []*member) map[string]time.Duration {
-	out := map[string]time.Duration{"": 0}
+// probeBytes is the payload that measures a link's bandwidth.
+const probeBytes = 1 << 20
+
+// measureLinks returns the link to each member: the round trip of an Info
+// call and the bandwidth of a 1 MiB Probe (less that round trip),
+// measuring those not measured in the last rttMaxAge. A member that does
+// not answer gets a 1 s round trip and no bandwidth, so plans put it last.
+func (c *Coordinator) measureLinks(ctx context.Context, ms []*member) map[string]shard.Link {
+	out := map[string]shard.Link{"": {}}
 	now := time.Now()
 	var stale []*member
 	c.pipes.mu.Lock()
@@ -248,24 +262,30 @@ func (c *Coordinator) measureRTTs(ctx context.Context, ms []*member) map[string]
 	}
 	for _, m := range ms {
 		if s, ok := c.pipes.rtt[m.name]; ok && now.Sub(s.at) < rttMaxAge {
-			out[m.name] = s.rtt
+			out[m.name] = shard.Link{RTT: s.rtt, BytesPerSec: s.bytesPerSec}
 		} else {
 			stale = append(stale, m)
 		}
 	}
 	c.pipes.mu.Unlock()
+	payload := make([]byte, probeBytes)
 	for _, m := range stale {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		l := shard.Link{RTT: time.Second}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		start := time.Now()
-		_, err := m.client.Info(pctx, &pb.InfoRequest{})
-		rtt := time.Since(start)
-		cancel()
-		if err != nil {
-			rtt = time.Second // unreachable now: planned last
+		if _, err := m.client.Info(pctx, &pb.InfoRequest{}); err == nil {
+			l.RTT = time.Since(start)
+			start = time.Now()
+			if _, err := m.client.Probe(pctx, &pb.ProbeRequest{Payload: payload}); err == nil {
+				if d := time.Since(start) - l.RTT; d > 0 {
+					l.BytesPerSec = probeBytes / d.Seconds()
+				}
+			}
 		}
-		out[m.name] = rtt
+		cancel()
+		out[m.name] = l
 		c.pipes.mu.Lock()
-		c.pipes.rtt[m.name] = rttSample{rtt: rtt, at: time.Now()}
+		c.pipes.rtt[m.name] = rttSample{rtt: l.RTT, bytesPerSec: l.BytesPerSec, at: time.Now()}
 		c.pipes.mu.Unlock()
 	}
 	return out

@@ -192,6 +192,7 @@ func (n *Node) Run(ctx context.Context) error {
 		"/npumesh.v1.NodeService/GetTokenizer": {pki.RoleCoordinator, pki.RoleClient},
 		"/npumesh.v1.NodeService/FetchChunks":  {pki.RoleNode, pki.RoleCoordinator},
 		"/npumesh.v1.NodeService/Stage":        {pki.RoleNode},
+		"/npumesh.v1.NodeService/Probe":        {pki.RoleCoordinator},
 	})
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(n.certs.ServerTLS(pki.RoleCoordinator, pki.RoleClient, pki.RoleNode))),

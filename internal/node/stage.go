@@ -527,3 +527,9 @@ func pipelineTrailer(stream grpc.ServerStream, err error) {
 		stream.SetTrailer(metadata.Pairs(FailedStageKey, node))
 	}
 }
+
+// Probe implements NodeService: the coordinator times it to measure the
+// link's bandwidth (pipeline planning).
+func (s *nodeService) Probe(ctx context.Context, req *pb.ProbeRequest) (*pb.ProbeResponse, error) {
+	return &pb.ProbeResponse{Received: int64(len(req.GetPayload()))}, nil
+}

@@ -74,7 +74,7 @@ func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheEvent_Kind.Descriptor instead.
 func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30, 0}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32, 0}
 }
 
 type InfoRequest struct {
@@ -1215,6 +1215,94 @@ func (x *PipelineStage) GetLayerHi() int32 {
 	return 0
 }
 
+type ProbeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Payload       []byte                 `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeRequest) Reset() {
+	*x = ProbeRequest{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeRequest) ProtoMessage() {}
+
+func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
+func (*ProbeRequest) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ProbeRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+type ProbeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Received      int64                  `protobuf:"varint,1,opt,name=received,proto3" json:"received,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeResponse) Reset() {
+	*x = ProbeResponse{}
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeResponse) ProtoMessage() {}
+
+func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
+func (*ProbeResponse) Descriptor() ([]byte, []int) {
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ProbeResponse) GetReceived() int64 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
 type StageSetup struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Model       string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
@@ -1229,7 +1317,7 @@ type StageSetup struct {
 
 func (x *StageSetup) Reset() {
 	*x = StageSetup{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1329,7 @@ func (x *StageSetup) String() string {
 func (*StageSetup) ProtoMessage() {}
 
 func (x *StageSetup) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[13]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1342,7 @@ func (x *StageSetup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageSetup.ProtoReflect.Descriptor instead.
 func (*StageSetup) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{13}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StageSetup) GetModel() string {
@@ -1304,7 +1392,7 @@ type StageSampling struct {
 
 func (x *StageSampling) Reset() {
 	*x = StageSampling{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1404,7 @@ func (x *StageSampling) String() string {
 func (*StageSampling) ProtoMessage() {}
 
 func (x *StageSampling) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[14]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1417,7 @@ func (x *StageSampling) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageSampling.ProtoReflect.Descriptor instead.
 func (*StageSampling) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{14}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StageSampling) GetTemperature() float32 {
@@ -1373,7 +1461,7 @@ type StageRow struct {
 
 func (x *StageRow) Reset() {
 	*x = StageRow{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1473,7 @@ func (x *StageRow) String() string {
 func (*StageRow) ProtoMessage() {}
 
 func (x *StageRow) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[15]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1486,7 @@ func (x *StageRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageRow.ProtoReflect.Descriptor instead.
 func (*StageRow) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{15}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StageRow) GetSeq() uint64 {
@@ -1450,7 +1538,7 @@ type StageMessage struct {
 
 func (x *StageMessage) Reset() {
 	*x = StageMessage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1550,7 @@ func (x *StageMessage) String() string {
 func (*StageMessage) ProtoMessage() {}
 
 func (x *StageMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[16]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1563,7 @@ func (x *StageMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageMessage.ProtoReflect.Descriptor instead.
 func (*StageMessage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{16}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StageMessage) GetSetup() *StageSetup {
@@ -1516,7 +1604,7 @@ type StageResult struct {
 
 func (x *StageResult) Reset() {
 	*x = StageResult{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1616,7 @@ func (x *StageResult) String() string {
 func (*StageResult) ProtoMessage() {}
 
 func (x *StageResult) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[17]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1629,7 @@ func (x *StageResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageResult.ProtoReflect.Descriptor instead.
 func (*StageResult) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{17}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StageResult) GetSeq() uint64 {
@@ -1571,7 +1659,7 @@ type StageReply struct {
 
 func (x *StageReply) Reset() {
 	*x = StageReply{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1671,7 @@ func (x *StageReply) String() string {
 func (*StageReply) ProtoMessage() {}
 
 func (x *StageReply) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[18]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1684,7 @@ func (x *StageReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageReply.ProtoReflect.Descriptor instead.
 func (*StageReply) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{18}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StageReply) GetReady() bool {
@@ -1629,7 +1717,7 @@ type GetTokenizerRequest struct {
 
 func (x *GetTokenizerRequest) Reset() {
 	*x = GetTokenizerRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1729,7 @@ func (x *GetTokenizerRequest) String() string {
 func (*GetTokenizerRequest) ProtoMessage() {}
 
 func (x *GetTokenizerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[19]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1742,7 @@ func (x *GetTokenizerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenizerRequest.ProtoReflect.Descriptor instead.
 func (*GetTokenizerRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{19}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetTokenizerRequest) GetModel() string {
@@ -1677,7 +1765,7 @@ type GetTokenizerResponse struct {
 
 func (x *GetTokenizerResponse) Reset() {
 	*x = GetTokenizerResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1777,7 @@ func (x *GetTokenizerResponse) String() string {
 func (*GetTokenizerResponse) ProtoMessage() {}
 
 func (x *GetTokenizerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[20]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1790,7 @@ func (x *GetTokenizerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenizerResponse.ProtoReflect.Descriptor instead.
 func (*GetTokenizerResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{20}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetTokenizerResponse) GetKind() string {
@@ -1736,7 +1824,7 @@ type ChatMessage struct {
 
 func (x *ChatMessage) Reset() {
 	*x = ChatMessage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1836,7 @@ func (x *ChatMessage) String() string {
 func (*ChatMessage) ProtoMessage() {}
 
 func (x *ChatMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[21]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1849,7 @@ func (x *ChatMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
 func (*ChatMessage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{21}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ChatMessage) GetRole() string {
@@ -1787,7 +1875,7 @@ type ChatPrompt struct {
 
 func (x *ChatPrompt) Reset() {
 	*x = ChatPrompt{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1887,7 @@ func (x *ChatPrompt) String() string {
 func (*ChatPrompt) ProtoMessage() {}
 
 func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[22]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1900,7 @@ func (x *ChatPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatPrompt.ProtoReflect.Descriptor instead.
 func (*ChatPrompt) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{22}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ChatPrompt) GetMessages() []*ChatMessage {
@@ -1835,7 +1923,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +1935,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[23]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +1948,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{23}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GenerateResponse) GetMsg() isGenerateResponse_Msg {
@@ -1917,7 +2005,7 @@ type TokenDelta struct {
 
 func (x *TokenDelta) Reset() {
 	*x = TokenDelta{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2017,7 @@ func (x *TokenDelta) String() string {
 func (*TokenDelta) ProtoMessage() {}
 
 func (x *TokenDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[24]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2030,7 @@ func (x *TokenDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenDelta.ProtoReflect.Descriptor instead.
 func (*TokenDelta) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{24}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TokenDelta) GetIds() []int32 {
@@ -1970,7 +2058,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2070,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[25]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2083,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{25}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -2030,7 +2118,7 @@ type Final struct {
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2130,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[26]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2143,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{26}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Final) GetUsage() *Usage {
@@ -2081,7 +2169,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2181,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[27]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2194,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{27}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RegisterRequest) GetInfo() *NodeInfo {
@@ -2127,7 +2215,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2227,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[28]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2240,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{28}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RegisterResponse) GetNodeName() string {
@@ -2182,7 +2270,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2282,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[29]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2295,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{29}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeLoad) GetInFlight() int32 {
@@ -2250,7 +2338,7 @@ type CacheEvent struct {
 
 func (x *CacheEvent) Reset() {
 	*x = CacheEvent{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2350,7 @@ func (x *CacheEvent) String() string {
 func (*CacheEvent) ProtoMessage() {}
 
 func (x *CacheEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[30]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2363,7 @@ func (x *CacheEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
 func (*CacheEvent) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{30}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CacheEvent) GetKind() CacheEvent_Kind {
@@ -2315,7 +2403,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2415,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[31]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2428,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{31}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HeartbeatRequest) GetNodeName() string {
@@ -2401,7 +2489,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2413,7 +2501,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[32]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2426,7 +2514,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{32}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *HeartbeatResponse) GetAckSeq() uint64 {
@@ -2446,7 +2534,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2458,7 +2546,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[33]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2471,7 +2559,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{33}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RenewRequest) GetCsrPem() []byte {
@@ -2491,7 +2579,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2591,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[34]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2604,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{34}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RenewResponse) GetCertPem() []byte {
@@ -2548,7 +2636,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2648,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[35]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2661,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{35}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *EnrollRequest) GetTokenId() string {
@@ -2614,7 +2702,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2714,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[36]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2727,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{36}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EnrollResponse) GetCertPem() []byte {
@@ -2669,7 +2757,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2769,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[37]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2782,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{37}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -2729,7 +2817,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2741,7 +2829,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[38]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2754,7 +2842,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{38}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2785,7 +2873,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +2885,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[39]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2810,7 +2898,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{39}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2863,7 +2951,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +2963,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[40]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +2976,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{40}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{42}
 }
 
 type ListTokensResponse struct {
@@ -2900,7 +2988,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +3000,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[41]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3013,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{41}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2944,7 +3032,7 @@ type DeleteTokenRequest struct {
 
 func (x *DeleteTokenRequest) Reset() {
 	*x = DeleteTokenRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2956,7 +3044,7 @@ func (x *DeleteTokenRequest) String() string {
 func (*DeleteTokenRequest) ProtoMessage() {}
 
 func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[42]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2969,7 +3057,7 @@ func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{42}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeleteTokenRequest) GetId() string {
@@ -2987,7 +3075,7 @@ type DeleteTokenResponse struct {
 
 func (x *DeleteTokenResponse) Reset() {
 	*x = DeleteTokenResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3087,7 @@ func (x *DeleteTokenResponse) String() string {
 func (*DeleteTokenResponse) ProtoMessage() {}
 
 func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[43]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3100,7 @@ func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTokenResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTokenResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{43}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{45}
 }
 
 type RevokeNodeRequest struct {
@@ -3025,7 +3113,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3037,7 +3125,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[44]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3050,7 +3138,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{44}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevokeNodeRequest) GetName() string {
@@ -3079,7 +3167,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3091,7 +3179,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[45]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3104,7 +3192,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{45}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RevokeNodeResponse) GetDisconnected() bool {
@@ -3130,7 +3218,7 @@ type UnrevokeNodeRequest struct {
 
 func (x *UnrevokeNodeRequest) Reset() {
 	*x = UnrevokeNodeRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3142,7 +3230,7 @@ func (x *UnrevokeNodeRequest) String() string {
 func (*UnrevokeNodeRequest) ProtoMessage() {}
 
 func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[46]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3155,7 +3243,7 @@ func (x *UnrevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{46}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UnrevokeNodeRequest) GetName() string {
@@ -3173,7 +3261,7 @@ type UnrevokeNodeResponse struct {
 
 func (x *UnrevokeNodeResponse) Reset() {
 	*x = UnrevokeNodeResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3185,7 +3273,7 @@ func (x *UnrevokeNodeResponse) String() string {
 func (*UnrevokeNodeResponse) ProtoMessage() {}
 
 func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[47]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3198,7 +3286,7 @@ func (x *UnrevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*UnrevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{47}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{49}
 }
 
 type ListNodesRequest struct {
@@ -3209,7 +3297,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3221,7 +3309,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[48]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3234,7 +3322,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{48}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{50}
 }
 
 type NodeRecord struct {
@@ -3254,7 +3342,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3266,7 +3354,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[49]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3279,7 +3367,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{49}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *NodeRecord) GetName() string {
@@ -3347,7 +3435,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3359,7 +3447,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[50]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3372,7 +3460,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{50}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeRecord {
@@ -3395,7 +3483,7 @@ type ModelFile struct {
 
 func (x *ModelFile) Reset() {
 	*x = ModelFile{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3495,7 @@ func (x *ModelFile) String() string {
 func (*ModelFile) ProtoMessage() {}
 
 func (x *ModelFile) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[51]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3508,7 @@ func (x *ModelFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelFile.ProtoReflect.Descriptor instead.
 func (*ModelFile) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{51}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ModelFile) GetName() string {
@@ -3463,7 +3551,7 @@ type ModelManifest struct {
 
 func (x *ModelManifest) Reset() {
 	*x = ModelManifest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3475,7 +3563,7 @@ func (x *ModelManifest) String() string {
 func (*ModelManifest) ProtoMessage() {}
 
 func (x *ModelManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[52]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3488,7 +3576,7 @@ func (x *ModelManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelManifest.ProtoReflect.Descriptor instead.
 func (*ModelManifest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{52}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ModelManifest) GetName() string {
@@ -3533,7 +3621,7 @@ type FetchChunksRequest struct {
 
 func (x *FetchChunksRequest) Reset() {
 	*x = FetchChunksRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3633,7 @@ func (x *FetchChunksRequest) String() string {
 func (*FetchChunksRequest) ProtoMessage() {}
 
 func (x *FetchChunksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[53]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3646,7 @@ func (x *FetchChunksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchChunksRequest.ProtoReflect.Descriptor instead.
 func (*FetchChunksRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{53}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *FetchChunksRequest) GetModel() string {
@@ -3603,7 +3691,7 @@ type ChunkData struct {
 
 func (x *ChunkData) Reset() {
 	*x = ChunkData{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3615,7 +3703,7 @@ func (x *ChunkData) String() string {
 func (*ChunkData) ProtoMessage() {}
 
 func (x *ChunkData) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[54]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3628,7 +3716,7 @@ func (x *ChunkData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkData.ProtoReflect.Descriptor instead.
 func (*ChunkData) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{54}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ChunkData) GetSha256() string {
@@ -3667,7 +3755,7 @@ type GetAssignmentsRequest struct {
 
 func (x *GetAssignmentsRequest) Reset() {
 	*x = GetAssignmentsRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3679,7 +3767,7 @@ func (x *GetAssignmentsRequest) String() string {
 func (*GetAssignmentsRequest) ProtoMessage() {}
 
 func (x *GetAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[55]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3692,7 +3780,7 @@ func (x *GetAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*GetAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{55}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{57}
 }
 
 type ChunkSource struct {
@@ -3706,7 +3794,7 @@ type ChunkSource struct {
 
 func (x *ChunkSource) Reset() {
 	*x = ChunkSource{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3718,7 +3806,7 @@ func (x *ChunkSource) String() string {
 func (*ChunkSource) ProtoMessage() {}
 
 func (x *ChunkSource) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[56]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3731,7 +3819,7 @@ func (x *ChunkSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkSource.ProtoReflect.Descriptor instead.
 func (*ChunkSource) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{56}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ChunkSource) GetNode() string {
@@ -3759,7 +3847,7 @@ type ModelAssignment struct {
 
 func (x *ModelAssignment) Reset() {
 	*x = ModelAssignment{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3771,7 +3859,7 @@ func (x *ModelAssignment) String() string {
 func (*ModelAssignment) ProtoMessage() {}
 
 func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[57]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3784,7 +3872,7 @@ func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelAssignment.ProtoReflect.Descriptor instead.
 func (*ModelAssignment) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{57}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ModelAssignment) GetManifest() *ModelManifest {
@@ -3810,7 +3898,7 @@ type GetAssignmentsResponse struct {
 
 func (x *GetAssignmentsResponse) Reset() {
 	*x = GetAssignmentsResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3822,7 +3910,7 @@ func (x *GetAssignmentsResponse) String() string {
 func (*GetAssignmentsResponse) ProtoMessage() {}
 
 func (x *GetAssignmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[58]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3835,7 +3923,7 @@ func (x *GetAssignmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssignmentsResponse.ProtoReflect.Descriptor instead.
 func (*GetAssignmentsResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{58}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetAssignmentsResponse) GetModels() []*ModelAssignment {
@@ -3861,7 +3949,7 @@ type AddModelHeader struct {
 
 func (x *AddModelHeader) Reset() {
 	*x = AddModelHeader{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3873,7 +3961,7 @@ func (x *AddModelHeader) String() string {
 func (*AddModelHeader) ProtoMessage() {}
 
 func (x *AddModelHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[59]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3886,7 +3974,7 @@ func (x *AddModelHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddModelHeader.ProtoReflect.Descriptor instead.
 func (*AddModelHeader) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{59}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *AddModelHeader) GetManifest() *ModelManifest {
@@ -3930,7 +4018,7 @@ type AddModelRequest struct {
 
 func (x *AddModelRequest) Reset() {
 	*x = AddModelRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3942,7 +4030,7 @@ func (x *AddModelRequest) String() string {
 func (*AddModelRequest) ProtoMessage() {}
 
 func (x *AddModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[60]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3955,7 +4043,7 @@ func (x *AddModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddModelRequest.ProtoReflect.Descriptor instead.
 func (*AddModelRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{60}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AddModelRequest) GetMsg() isAddModelRequest_Msg {
@@ -4009,7 +4097,7 @@ type FileNeed struct {
 
 func (x *FileNeed) Reset() {
 	*x = FileNeed{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[61]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4021,7 +4109,7 @@ func (x *FileNeed) String() string {
 func (*FileNeed) ProtoMessage() {}
 
 func (x *FileNeed) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[61]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4034,7 +4122,7 @@ func (x *FileNeed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileNeed.ProtoReflect.Descriptor instead.
 func (*FileNeed) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{61}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *FileNeed) GetSha256() string {
@@ -4063,7 +4151,7 @@ type AddModelResponse struct {
 
 func (x *AddModelResponse) Reset() {
 	*x = AddModelResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[62]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4075,7 +4163,7 @@ func (x *AddModelResponse) String() string {
 func (*AddModelResponse) ProtoMessage() {}
 
 func (x *AddModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[62]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4088,7 +4176,7 @@ func (x *AddModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddModelResponse.ProtoReflect.Descriptor instead.
 func (*AddModelResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{62}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *AddModelResponse) GetNeed() []*FileNeed {
@@ -4118,7 +4206,7 @@ type ReplicaStatus struct {
 
 func (x *ReplicaStatus) Reset() {
 	*x = ReplicaStatus{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[63]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4130,7 +4218,7 @@ func (x *ReplicaStatus) String() string {
 func (*ReplicaStatus) ProtoMessage() {}
 
 func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[63]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4143,7 +4231,7 @@ func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaStatus) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{63}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ReplicaStatus) GetNode() string {
@@ -4192,7 +4280,7 @@ type CatalogModel struct {
 
 func (x *CatalogModel) Reset() {
 	*x = CatalogModel{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[64]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4204,7 +4292,7 @@ func (x *CatalogModel) String() string {
 func (*CatalogModel) ProtoMessage() {}
 
 func (x *CatalogModel) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[64]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4217,7 +4305,7 @@ func (x *CatalogModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CatalogModel.ProtoReflect.Descriptor instead.
 func (*CatalogModel) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{64}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CatalogModel) GetName() string {
@@ -4291,7 +4379,7 @@ type ListCatalogRequest struct {
 
 func (x *ListCatalogRequest) Reset() {
 	*x = ListCatalogRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[65]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4303,7 +4391,7 @@ func (x *ListCatalogRequest) String() string {
 func (*ListCatalogRequest) ProtoMessage() {}
 
 func (x *ListCatalogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[65]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4316,7 +4404,7 @@ func (x *ListCatalogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCatalogRequest.ProtoReflect.Descriptor instead.
 func (*ListCatalogRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{65}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{67}
 }
 
 type ListCatalogResponse struct {
@@ -4328,7 +4416,7 @@ type ListCatalogResponse struct {
 
 func (x *ListCatalogResponse) Reset() {
 	*x = ListCatalogResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[66]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4340,7 +4428,7 @@ func (x *ListCatalogResponse) String() string {
 func (*ListCatalogResponse) ProtoMessage() {}
 
 func (x *ListCatalogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[66]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4353,7 +4441,7 @@ func (x *ListCatalogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCatalogResponse.ProtoReflect.Descriptor instead.
 func (*ListCatalogResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{66}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListCatalogResponse) GetModels() []*CatalogModel {
@@ -4372,7 +4460,7 @@ type RemoveModelRequest struct {
 
 func (x *RemoveModelRequest) Reset() {
 	*x = RemoveModelRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[67]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4384,7 +4472,7 @@ func (x *RemoveModelRequest) String() string {
 func (*RemoveModelRequest) ProtoMessage() {}
 
 func (x *RemoveModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[67]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4397,7 +4485,7 @@ func (x *RemoveModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveModelRequest.ProtoReflect.Descriptor instead.
 func (*RemoveModelRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{67}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RemoveModelRequest) GetName() string {
@@ -4415,7 +4503,7 @@ type RemoveModelResponse struct {
 
 func (x *RemoveModelResponse) Reset() {
 	*x = RemoveModelResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[68]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4427,7 +4515,7 @@ func (x *RemoveModelResponse) String() string {
 func (*RemoveModelResponse) ProtoMessage() {}
 
 func (x *RemoveModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[68]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4440,7 +4528,7 @@ func (x *RemoveModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveModelResponse.ProtoReflect.Descriptor instead.
 func (*RemoveModelResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{68}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{70}
 }
 
 type ShardModelRequest struct {
@@ -4457,7 +4545,7 @@ type ShardModelRequest struct {
 
 func (x *ShardModelRequest) Reset() {
 	*x = ShardModelRequest{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[69]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4469,7 +4557,7 @@ func (x *ShardModelRequest) String() string {
 func (*ShardModelRequest) ProtoMessage() {}
 
 func (x *ShardModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[69]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4482,7 +4570,7 @@ func (x *ShardModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardModelRequest.ProtoReflect.Descriptor instead.
 func (*ShardModelRequest) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{69}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ShardModelRequest) GetModel() string {
@@ -4521,7 +4609,7 @@ type ShardModelResponse struct {
 
 func (x *ShardModelResponse) Reset() {
 	*x = ShardModelResponse{}
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[70]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4533,7 +4621,7 @@ func (x *ShardModelResponse) String() string {
 func (*ShardModelResponse) ProtoMessage() {}
 
 func (x *ShardModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_npumesh_v1_npumesh_proto_msgTypes[70]
+	mi := &file_npumesh_v1_npumesh_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4546,7 +4634,7 @@ func (x *ShardModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardModelResponse.ProtoReflect.Descriptor instead.
 func (*ShardModelResponse) Descriptor() ([]byte, []int) {
-	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{70}
+	return file_npumesh_v1_npumesh_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ShardModelResponse) GetPipeline() *Pipeline {
@@ -4693,7 +4781,11 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x19\n" +
 	"\blayer_lo\x18\x03 \x01(\x05R\alayerLo\x12\x19\n" +
-	"\blayer_hi\x18\x04 \x01(\x05R\alayerHi\"\xa9\x01\n" +
+	"\blayer_hi\x18\x04 \x01(\x05R\alayerHi\"(\n" +
+	"\fProbeRequest\x12\x18\n" +
+	"\apayload\x18\x01 \x01(\fR\apayload\"+\n" +
+	"\rProbeResponse\x12\x1a\n" +
+	"\breceived\x18\x01 \x01(\x03R\breceived\"\xa9\x01\n" +
 	"\n" +
 	"StageSetup\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x19\n" +
@@ -4917,7 +5009,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\bpipeline\x18\x01 \x01(\v2\x14.npumesh.v1.PipelineR\bpipeline\x12#\n" +
 	"\rtoken_seconds\x18\x02 \x01(\x01R\ftokenSeconds\x12&\n" +
 	"\x0fbytes_per_token\x18\x03 \x01(\x03R\rbytesPerToken\x12\x12\n" +
-	"\x04note\x18\x04 \x01(\tR\x04note2\xb4\x03\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note2\xf2\x03\n" +
 	"\vNodeService\x125\n" +
 	"\x04Info\x12\x17.npumesh.v1.InfoRequest\x1a\x14.npumesh.v1.NodeInfo\x12G\n" +
 	"\bGenerate\x12\x1b.npumesh.v1.GenerateRequest\x1a\x1c.npumesh.v1.GenerateResponse0\x01\x12K\n" +
@@ -4925,7 +5017,8 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"ListModels\x12\x1d.npumesh.v1.ListModelsRequest\x1a\x1e.npumesh.v1.ListModelsResponse\x12Q\n" +
 	"\fGetTokenizer\x12\x1f.npumesh.v1.GetTokenizerRequest\x1a .npumesh.v1.GetTokenizerResponse\x12F\n" +
 	"\vFetchChunks\x12\x1e.npumesh.v1.FetchChunksRequest\x1a\x15.npumesh.v1.ChunkData0\x01\x12=\n" +
-	"\x05Stage\x12\x18.npumesh.v1.StageMessage\x1a\x16.npumesh.v1.StageReply(\x010\x012\x84\x03\n" +
+	"\x05Stage\x12\x18.npumesh.v1.StageMessage\x1a\x16.npumesh.v1.StageReply(\x010\x01\x12<\n" +
+	"\x05Probe\x12\x18.npumesh.v1.ProbeRequest\x1a\x19.npumesh.v1.ProbeResponse2\x84\x03\n" +
 	"\x0eControlService\x12E\n" +
 	"\bRegister\x12\x1b.npumesh.v1.RegisterRequest\x1a\x1c.npumesh.v1.RegisterResponse\x12L\n" +
 	"\tHeartbeat\x12\x1c.npumesh.v1.HeartbeatRequest\x1a\x1d.npumesh.v1.HeartbeatResponse(\x010\x01\x12<\n" +
@@ -4962,7 +5055,7 @@ func file_npumesh_v1_npumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_npumesh_v1_npumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_npumesh_v1_npumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
 var file_npumesh_v1_npumesh_proto_goTypes = []any{
 	(CacheEvent_Kind)(0),           // 0: npumesh.v1.CacheEvent.Kind
 	(*InfoRequest)(nil),            // 1: npumesh.v1.InfoRequest
@@ -4978,64 +5071,66 @@ var file_npumesh_v1_npumesh_proto_goTypes = []any{
 	(*GenerateRequest)(nil),        // 11: npumesh.v1.GenerateRequest
 	(*Pipeline)(nil),               // 12: npumesh.v1.Pipeline
 	(*PipelineStage)(nil),          // 13: npumesh.v1.PipelineStage
-	(*StageSetup)(nil),             // 14: npumesh.v1.StageSetup
-	(*StageSampling)(nil),          // 15: npumesh.v1.StageSampling
-	(*StageRow)(nil),               // 16: npumesh.v1.StageRow
-	(*StageMessage)(nil),           // 17: npumesh.v1.StageMessage
-	(*StageResult)(nil),            // 18: npumesh.v1.StageResult
-	(*StageReply)(nil),             // 19: npumesh.v1.StageReply
-	(*GetTokenizerRequest)(nil),    // 20: npumesh.v1.GetTokenizerRequest
-	(*GetTokenizerResponse)(nil),   // 21: npumesh.v1.GetTokenizerResponse
-	(*ChatMessage)(nil),            // 22: npumesh.v1.ChatMessage
-	(*ChatPrompt)(nil),             // 23: npumesh.v1.ChatPrompt
-	(*GenerateResponse)(nil),       // 24: npumesh.v1.GenerateResponse
-	(*TokenDelta)(nil),             // 25: npumesh.v1.TokenDelta
-	(*Usage)(nil),                  // 26: npumesh.v1.Usage
-	(*Final)(nil),                  // 27: npumesh.v1.Final
-	(*RegisterRequest)(nil),        // 28: npumesh.v1.RegisterRequest
-	(*RegisterResponse)(nil),       // 29: npumesh.v1.RegisterResponse
-	(*NodeLoad)(nil),               // 30: npumesh.v1.NodeLoad
-	(*CacheEvent)(nil),             // 31: npumesh.v1.CacheEvent
-	(*HeartbeatRequest)(nil),       // 32: npumesh.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 33: npumesh.v1.HeartbeatResponse
-	(*RenewRequest)(nil),           // 34: npumesh.v1.RenewRequest
-	(*RenewResponse)(nil),          // 35: npumesh.v1.RenewResponse
-	(*EnrollRequest)(nil),          // 36: npumesh.v1.EnrollRequest
-	(*EnrollResponse)(nil),         // 37: npumesh.v1.EnrollResponse
-	(*CreateTokenRequest)(nil),     // 38: npumesh.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),    // 39: npumesh.v1.CreateTokenResponse
-	(*TokenInfo)(nil),              // 40: npumesh.v1.TokenInfo
-	(*ListTokensRequest)(nil),      // 41: npumesh.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),     // 42: npumesh.v1.ListTokensResponse
-	(*DeleteTokenRequest)(nil),     // 43: npumesh.v1.DeleteTokenRequest
-	(*DeleteTokenResponse)(nil),    // 44: npumesh.v1.DeleteTokenResponse
-	(*RevokeNodeRequest)(nil),      // 45: npumesh.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),     // 46: npumesh.v1.RevokeNodeResponse
-	(*UnrevokeNodeRequest)(nil),    // 47: npumesh.v1.UnrevokeNodeRequest
-	(*UnrevokeNodeResponse)(nil),   // 48: npumesh.v1.UnrevokeNodeResponse
-	(*ListNodesRequest)(nil),       // 49: npumesh.v1.ListNodesRequest
-	(*NodeRecord)(nil),             // 50: npumesh.v1.NodeRecord
-	(*ListNodesResponse)(nil),      // 51: npumesh.v1.ListNodesResponse
-	(*ModelFile)(nil),              // 52: npumesh.v1.ModelFile
-	(*ModelManifest)(nil),          // 53: npumesh.v1.ModelManifest
-	(*FetchChunksRequest)(nil),     // 54: npumesh.v1.FetchChunksRequest
-	(*ChunkData)(nil),              // 55: npumesh.v1.ChunkData
-	(*GetAssignmentsRequest)(nil),  // 56: npumesh.v1.GetAssignmentsRequest
-	(*ChunkSource)(nil),            // 57: npumesh.v1.ChunkSource
-	(*ModelAssignment)(nil),        // 58: npumesh.v1.ModelAssignment
-	(*GetAssignmentsResponse)(nil), // 59: npumesh.v1.GetAssignmentsResponse
-	(*AddModelHeader)(nil),         // 60: npumesh.v1.AddModelHeader
-	(*AddModelRequest)(nil),        // 61: npumesh.v1.AddModelRequest
-	(*FileNeed)(nil),               // 62: npumesh.v1.FileNeed
-	(*AddModelResponse)(nil),       // 63: npumesh.v1.AddModelResponse
-	(*ReplicaStatus)(nil),          // 64: npumesh.v1.ReplicaStatus
-	(*CatalogModel)(nil),           // 65: npumesh.v1.CatalogModel
-	(*ListCatalogRequest)(nil),     // 66: npumesh.v1.ListCatalogRequest
-	(*ListCatalogResponse)(nil),    // 67: npumesh.v1.ListCatalogResponse
-	(*RemoveModelRequest)(nil),     // 68: npumesh.v1.RemoveModelRequest
-	(*RemoveModelResponse)(nil),    // 69: npumesh.v1.RemoveModelResponse
-	(*ShardModelRequest)(nil),      // 70: npumesh.v1.ShardModelRequest
-	(*ShardModelResponse)(nil),     // 71: npumesh.v1.ShardModelResponse
+	(*ProbeRequest)(nil),           // 14: npumesh.v1.ProbeRequest
+	(*ProbeResponse)(nil),          // 15: npumesh.v1.ProbeResponse
+	(*StageSetup)(nil),             // 16: npumesh.v1.StageSetup
+	(*StageSampling)(nil),          // 17: npumesh.v1.StageSampling
+	(*StageRow)(nil),               // 18: npumesh.v1.StageRow
+	(*StageMessage)(nil),           // 19: npumesh.v1.StageMessage
+	(*StageResult)(nil),            // 20: npumesh.v1.StageResult
+	(*StageReply)(nil),             // 21: npumesh.v1.StageReply
+	(*GetTokenizerRequest)(nil),    // 22: npumesh.v1.GetTokenizerRequest
+	(*GetTokenizerResponse)(nil),   // 23: npumesh.v1.GetTokenizerResponse
+	(*ChatMessage)(nil),            // 24: npumesh.v1.ChatMessage
+	(*ChatPrompt)(nil),             // 25: npumesh.v1.ChatPrompt
+	(*GenerateResponse)(nil),       // 26: npumesh.v1.GenerateResponse
+	(*TokenDelta)(nil),             // 27: npumesh.v1.TokenDelta
+	(*Usage)(nil),                  // 28: npumesh.v1.Usage
+	(*Final)(nil),                  // 29: npumesh.v1.Final
+	(*RegisterRequest)(nil),        // 30: npumesh.v1.RegisterRequest
+	(*RegisterResponse)(nil),       // 31: npumesh.v1.RegisterResponse
+	(*NodeLoad)(nil),               // 32: npumesh.v1.NodeLoad
+	(*CacheEvent)(nil),             // 33: npumesh.v1.CacheEvent
+	(*HeartbeatRequest)(nil),       // 34: npumesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 35: npumesh.v1.HeartbeatResponse
+	(*RenewRequest)(nil),           // 36: npumesh.v1.RenewRequest
+	(*RenewResponse)(nil),          // 37: npumesh.v1.RenewResponse
+	(*EnrollRequest)(nil),          // 38: npumesh.v1.EnrollRequest
+	(*EnrollResponse)(nil),         // 39: npumesh.v1.EnrollResponse
+	(*CreateTokenRequest)(nil),     // 40: npumesh.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),    // 41: npumesh.v1.CreateTokenResponse
+	(*TokenInfo)(nil),              // 42: npumesh.v1.TokenInfo
+	(*ListTokensRequest)(nil),      // 43: npumesh.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 44: npumesh.v1.ListTokensResponse
+	(*DeleteTokenRequest)(nil),     // 45: npumesh.v1.DeleteTokenRequest
+	(*DeleteTokenResponse)(nil),    // 46: npumesh.v1.DeleteTokenResponse
+	(*RevokeNodeRequest)(nil),      // 47: npumesh.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),     // 48: npumesh.v1.RevokeNodeResponse
+	(*UnrevokeNodeRequest)(nil),    // 49: npumesh.v1.UnrevokeNodeRequest
+	(*UnrevokeNodeResponse)(nil),   // 50: npumesh.v1.UnrevokeNodeResponse
+	(*ListNodesRequest)(nil),       // 51: npumesh.v1.ListNodesRequest
+	(*NodeRecord)(nil),             // 52: npumesh.v1.NodeRecord
+	(*ListNodesResponse)(nil),      // 53: npumesh.v1.ListNodesResponse
+	(*ModelFile)(nil),              // 54: npumesh.v1.ModelFile
+	(*ModelManifest)(nil),          // 55: npumesh.v1.ModelManifest
+	(*FetchChunksRequest)(nil),     // 56: npumesh.v1.FetchChunksRequest
+	(*ChunkData)(nil),              // 57: npumesh.v1.ChunkData
+	(*GetAssignmentsRequest)(nil),  // 58: npumesh.v1.GetAssignmentsRequest
+	(*ChunkSource)(nil),            // 59: npumesh.v1.ChunkSource
+	(*ModelAssignment)(nil),        // 60: npumesh.v1.ModelAssignment
+	(*GetAssignmentsResponse)(nil), // 61: npumesh.v1.GetAssignmentsResponse
+	(*AddModelHeader)(nil),         // 62: npumesh.v1.AddModelHeader
+	(*AddModelRequest)(nil),        // 63: npumesh.v1.AddModelRequest
+	(*FileNeed)(nil),               // 64: npumesh.v1.FileNeed
+	(*AddModelResponse)(nil),       // 65: npumesh.v1.AddModelResponse
+	(*ReplicaStatus)(nil),          // 66: npumesh.v1.ReplicaStatus
+	(*CatalogModel)(nil),           // 67: npumesh.v1.CatalogModel
+	(*ListCatalogRequest)(nil),     // 68: npumesh.v1.ListCatalogRequest
+	(*ListCatalogResponse)(nil),    // 69: npumesh.v1.ListCatalogResponse
+	(*RemoveModelRequest)(nil),     // 70: npumesh.v1.RemoveModelRequest
+	(*RemoveModelResponse)(nil),    // 71: npumesh.v1.RemoveModelResponse
+	(*ShardModelRequest)(nil),      // 72: npumesh.v1.ShardModelRequest
+	(*ShardModelResponse)(nil),     // 73: npumesh.v1.ShardModelResponse
 }
 var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	3,  // 0: npumesh.v1.NodeInfo.accelerators:type_name -> npumesh.v1.Accelerator
@@ -5044,86 +5139,88 @@ var file_npumesh_v1_npumesh_proto_depIdxs = []int32{
 	5,  // 3: npumesh.v1.Telemetry.sensors:type_name -> npumesh.v1.Sensor
 	6,  // 4: npumesh.v1.ListModelsResponse.models:type_name -> npumesh.v1.ModelInfo
 	10, // 5: npumesh.v1.GenerateRequest.tokens:type_name -> npumesh.v1.TokenIDs
-	23, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
+	25, // 6: npumesh.v1.GenerateRequest.chat:type_name -> npumesh.v1.ChatPrompt
 	9,  // 7: npumesh.v1.GenerateRequest.sampling:type_name -> npumesh.v1.SamplingParams
 	12, // 8: npumesh.v1.GenerateRequest.pipeline:type_name -> npumesh.v1.Pipeline
 	13, // 9: npumesh.v1.Pipeline.stages:type_name -> npumesh.v1.PipelineStage
 	13, // 10: npumesh.v1.StageSetup.next:type_name -> npumesh.v1.PipelineStage
-	15, // 11: npumesh.v1.StageRow.open:type_name -> npumesh.v1.StageSampling
-	14, // 12: npumesh.v1.StageMessage.setup:type_name -> npumesh.v1.StageSetup
-	16, // 13: npumesh.v1.StageMessage.rows:type_name -> npumesh.v1.StageRow
-	18, // 14: npumesh.v1.StageReply.results:type_name -> npumesh.v1.StageResult
-	22, // 15: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
-	25, // 16: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
-	27, // 17: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
-	26, // 18: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
+	17, // 11: npumesh.v1.StageRow.open:type_name -> npumesh.v1.StageSampling
+	16, // 12: npumesh.v1.StageMessage.setup:type_name -> npumesh.v1.StageSetup
+	18, // 13: npumesh.v1.StageMessage.rows:type_name -> npumesh.v1.StageRow
+	20, // 14: npumesh.v1.StageReply.results:type_name -> npumesh.v1.StageResult
+	24, // 15: npumesh.v1.ChatPrompt.messages:type_name -> npumesh.v1.ChatMessage
+	27, // 16: npumesh.v1.GenerateResponse.delta:type_name -> npumesh.v1.TokenDelta
+	29, // 17: npumesh.v1.GenerateResponse.final:type_name -> npumesh.v1.Final
+	28, // 18: npumesh.v1.Final.usage:type_name -> npumesh.v1.Usage
 	2,  // 19: npumesh.v1.RegisterRequest.info:type_name -> npumesh.v1.NodeInfo
 	0,  // 20: npumesh.v1.CacheEvent.kind:type_name -> npumesh.v1.CacheEvent.Kind
-	30, // 21: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
+	32, // 21: npumesh.v1.HeartbeatRequest.load:type_name -> npumesh.v1.NodeLoad
 	6,  // 22: npumesh.v1.HeartbeatRequest.models:type_name -> npumesh.v1.ModelInfo
-	31, // 23: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
+	33, // 23: npumesh.v1.HeartbeatRequest.cache_events:type_name -> npumesh.v1.CacheEvent
 	4,  // 24: npumesh.v1.HeartbeatRequest.telemetry:type_name -> npumesh.v1.Telemetry
-	40, // 25: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
-	40, // 26: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
-	50, // 27: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
-	52, // 28: npumesh.v1.ModelManifest.files:type_name -> npumesh.v1.ModelFile
-	53, // 29: npumesh.v1.ModelAssignment.manifest:type_name -> npumesh.v1.ModelManifest
-	57, // 30: npumesh.v1.ModelAssignment.sources:type_name -> npumesh.v1.ChunkSource
-	58, // 31: npumesh.v1.GetAssignmentsResponse.models:type_name -> npumesh.v1.ModelAssignment
-	53, // 32: npumesh.v1.AddModelHeader.manifest:type_name -> npumesh.v1.ModelManifest
-	60, // 33: npumesh.v1.AddModelRequest.header:type_name -> npumesh.v1.AddModelHeader
-	55, // 34: npumesh.v1.AddModelRequest.chunk:type_name -> npumesh.v1.ChunkData
-	62, // 35: npumesh.v1.AddModelResponse.need:type_name -> npumesh.v1.FileNeed
-	65, // 36: npumesh.v1.AddModelResponse.done:type_name -> npumesh.v1.CatalogModel
-	64, // 37: npumesh.v1.CatalogModel.replica_status:type_name -> npumesh.v1.ReplicaStatus
-	65, // 38: npumesh.v1.ListCatalogResponse.models:type_name -> npumesh.v1.CatalogModel
+	42, // 25: npumesh.v1.CreateTokenResponse.info:type_name -> npumesh.v1.TokenInfo
+	42, // 26: npumesh.v1.ListTokensResponse.tokens:type_name -> npumesh.v1.TokenInfo
+	52, // 27: npumesh.v1.ListNodesResponse.nodes:type_name -> npumesh.v1.NodeRecord
+	54, // 28: npumesh.v1.ModelManifest.files:type_name -> npumesh.v1.ModelFile
+	55, // 29: npumesh.v1.ModelAssignment.manifest:type_name -> npumesh.v1.ModelManifest
+	59, // 30: npumesh.v1.ModelAssignment.sources:type_name -> npumesh.v1.ChunkSource
+	60, // 31: npumesh.v1.GetAssignmentsResponse.models:type_name -> npumesh.v1.ModelAssignment
+	55, // 32: npumesh.v1.AddModelHeader.manifest:type_name -> npumesh.v1.ModelManifest
+	62, // 33: npumesh.v1.AddModelRequest.header:type_name -> npumesh.v1.AddModelHeader
+	57, // 34: npumesh.v1.AddModelRequest.chunk:type_name -> npumesh.v1.ChunkData
+	64, // 35: npumesh.v1.AddModelResponse.need:type_name -> npumesh.v1.FileNeed
+	67, // 36: npumesh.v1.AddModelResponse.done:type_name -> npumesh.v1.CatalogModel
+	66, // 37: npumesh.v1.CatalogModel.replica_status:type_name -> npumesh.v1.ReplicaStatus
+	67, // 38: npumesh.v1.ListCatalogResponse.models:type_name -> npumesh.v1.CatalogModel
 	12, // 39: npumesh.v1.ShardModelResponse.pipeline:type_name -> npumesh.v1.Pipeline
 	1,  // 40: npumesh.v1.NodeService.Info:input_type -> npumesh.v1.InfoRequest
 	11, // 41: npumesh.v1.NodeService.Generate:input_type -> npumesh.v1.GenerateRequest
 	7,  // 42: npumesh.v1.NodeService.ListModels:input_type -> npumesh.v1.ListModelsRequest
-	20, // 43: npumesh.v1.NodeService.GetTokenizer:input_type -> npumesh.v1.GetTokenizerRequest
-	54, // 44: npumesh.v1.NodeService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
-	17, // 45: npumesh.v1.NodeService.Stage:input_type -> npumesh.v1.StageMessage
-	28, // 46: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
-	32, // 47: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
-	34, // 48: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
-	56, // 49: npumesh.v1.ControlService.GetAssignments:input_type -> npumesh.v1.GetAssignmentsRequest
-	54, // 50: npumesh.v1.ControlService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
-	36, // 51: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
-	38, // 52: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
-	41, // 53: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
-	43, // 54: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
-	45, // 55: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
-	47, // 56: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
-	49, // 57: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
-	61, // 58: npumesh.v1.AdminService.AddModel:input_type -> npumesh.v1.AddModelRequest
-	66, // 59: npumesh.v1.AdminService.ListCatalog:input_type -> npumesh.v1.ListCatalogRequest
-	68, // 60: npumesh.v1.AdminService.RemoveModel:input_type -> npumesh.v1.RemoveModelRequest
-	70, // 61: npumesh.v1.AdminService.ShardModel:input_type -> npumesh.v1.ShardModelRequest
-	2,  // 62: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
-	24, // 63: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
-	8,  // 64: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
-	21, // 65: npumesh.v1.NodeService.GetTokenizer:output_type -> npumesh.v1.GetTokenizerResponse
-	55, // 66: npumesh.v1.NodeService.FetchChunks:output_type -> npumesh.v1.ChunkData
-	19, // 67: npumesh.v1.NodeService.Stage:output_type -> npumesh.v1.StageReply
-	29, // 68: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
-	33, // 69: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
-	35, // 70: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
-	59, // 71: npumesh.v1.ControlService.GetAssignments:output_type -> npumesh.v1.GetAssignmentsResponse
-	55, // 72: npumesh.v1.ControlService.FetchChunks:output_type -> npumesh.v1.ChunkData
-	37, // 73: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
-	39, // 74: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
-	42, // 75: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
-	44, // 76: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
-	46, // 77: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
-	48, // 78: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
-	51, // 79: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
-	63, // 80: npumesh.v1.AdminService.AddModel:output_type -> npumesh.v1.AddModelResponse
-	67, // 81: npumesh.v1.AdminService.ListCatalog:output_type -> npumesh.v1.ListCatalogResponse
-	69, // 82: npumesh.v1.AdminService.RemoveModel:output_type -> npumesh.v1.RemoveModelResponse
-	71, // 83: npumesh.v1.AdminService.ShardModel:output_type -> npumesh.v1.ShardModelResponse
-	62, // [62:84] is the sub-list for method output_type
-	40, // [40:62] is the sub-list for method input_type
+	22, // 43: npumesh.v1.NodeService.GetTokenizer:input_type -> npumesh.v1.GetTokenizerRequest
+	56, // 44: npumesh.v1.NodeService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
+	19, // 45: npumesh.v1.NodeService.Stage:input_type -> npumesh.v1.StageMessage
+	14, // 46: npumesh.v1.NodeService.Probe:input_type -> npumesh.v1.ProbeRequest
+	30, // 47: npumesh.v1.ControlService.Register:input_type -> npumesh.v1.RegisterRequest
+	34, // 48: npumesh.v1.ControlService.Heartbeat:input_type -> npumesh.v1.HeartbeatRequest
+	36, // 49: npumesh.v1.ControlService.Renew:input_type -> npumesh.v1.RenewRequest
+	58, // 50: npumesh.v1.ControlService.GetAssignments:input_type -> npumesh.v1.GetAssignmentsRequest
+	56, // 51: npumesh.v1.ControlService.FetchChunks:input_type -> npumesh.v1.FetchChunksRequest
+	38, // 52: npumesh.v1.EnrollmentService.Enroll:input_type -> npumesh.v1.EnrollRequest
+	40, // 53: npumesh.v1.AdminService.CreateToken:input_type -> npumesh.v1.CreateTokenRequest
+	43, // 54: npumesh.v1.AdminService.ListTokens:input_type -> npumesh.v1.ListTokensRequest
+	45, // 55: npumesh.v1.AdminService.DeleteToken:input_type -> npumesh.v1.DeleteTokenRequest
+	47, // 56: npumesh.v1.AdminService.RevokeNode:input_type -> npumesh.v1.RevokeNodeRequest
+	49, // 57: npumesh.v1.AdminService.UnrevokeNode:input_type -> npumesh.v1.UnrevokeNodeRequest
+	51, // 58: npumesh.v1.AdminService.ListNodes:input_type -> npumesh.v1.ListNodesRequest
+	63, // 59: npumesh.v1.AdminService.AddModel:input_type -> npumesh.v1.AddModelRequest
+	68, // 60: npumesh.v1.AdminService.ListCatalog:input_type -> npumesh.v1.ListCatalogRequest
+	70, // 61: npumesh.v1.AdminService.RemoveModel:input_type -> npumesh.v1.RemoveModelRequest
+	72, // 62: npumesh.v1.AdminService.ShardModel:input_type -> npumesh.v1.ShardModelRequest
+	2,  // 63: npumesh.v1.NodeService.Info:output_type -> npumesh.v1.NodeInfo
+	26, // 64: npumesh.v1.NodeService.Generate:output_type -> npumesh.v1.GenerateResponse
+	8,  // 65: npumesh.v1.NodeService.ListModels:output_type -> npumesh.v1.ListModelsResponse
+	23, // 66: npumesh.v1.NodeService.GetTokenizer:output_type -> npumesh.v1.GetTokenizerResponse
+	57, // 67: npumesh.v1.NodeService.FetchChunks:output_type -> npumesh.v1.ChunkData
+	21, // 68: npumesh.v1.NodeService.Stage:output_type -> npumesh.v1.StageReply
+	15, // 69: npumesh.v1.NodeService.Probe:output_type -> npumesh.v1.ProbeResponse
+	31, // 70: npumesh.v1.ControlService.Register:output_type -> npumesh.v1.RegisterResponse
+	35, // 71: npumesh.v1.ControlService.Heartbeat:output_type -> npumesh.v1.HeartbeatResponse
+	37, // 72: npumesh.v1.ControlService.Renew:output_type -> npumesh.v1.RenewResponse
+	61, // 73: npumesh.v1.ControlService.GetAssignments:output_type -> npumesh.v1.GetAssignmentsResponse
+	57, // 74: npumesh.v1.ControlService.FetchChunks:output_type -> npumesh.v1.ChunkData
+	39, // 75: npumesh.v1.EnrollmentService.Enroll:output_type -> npumesh.v1.EnrollResponse
+	41, // 76: npumesh.v1.AdminService.CreateToken:output_type -> npumesh.v1.CreateTokenResponse
+	44, // 77: npumesh.v1.AdminService.ListTokens:output_type -> npumesh.v1.ListTokensResponse
+	46, // 78: npumesh.v1.AdminService.DeleteToken:output_type -> npumesh.v1.DeleteTokenResponse
+	48, // 79: npumesh.v1.AdminService.RevokeNode:output_type -> npumesh.v1.RevokeNodeResponse
+	50, // 80: npumesh.v1.AdminService.UnrevokeNode:output_type -> npumesh.v1.UnrevokeNodeResponse
+	53, // 81: npumesh.v1.AdminService.ListNodes:output_type -> npumesh.v1.ListNodesResponse
+	65, // 82: npumesh.v1.AdminService.AddModel:output_type -> npumesh.v1.AddModelResponse
+	69, // 83: npumesh.v1.AdminService.ListCatalog:output_type -> npumesh.v1.ListCatalogResponse
+	71, // 84: npumesh.v1.AdminService.RemoveModel:output_type -> npumesh.v1.RemoveModelResponse
+	73, // 85: npumesh.v1.AdminService.ShardModel:output_type -> npumesh.v1.ShardModelResponse
+	63, // [63:86] is the sub-list for method output_type
+	40, // [40:63] is the sub-list for method input_type
 	40, // [40:40] is the sub-list for extension type_name
 	40, // [40:40] is the sub-list for extension extendee
 	0,  // [0:40] is the sub-list for field type_name
@@ -5140,11 +5237,11 @@ func file_npumesh_v1_npumesh_proto_init() {
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_npumesh_v1_npumesh_proto_msgTypes[23].OneofWrappers = []any{
+	file_npumesh_v1_npumesh_proto_msgTypes[25].OneofWrappers = []any{
 		(*GenerateResponse_Delta)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_npumesh_v1_npumesh_proto_msgTypes[60].OneofWrappers = []any{
+	file_npumesh_v1_npumesh_proto_msgTypes[62].OneofWrappers = []any{
 		(*AddModelRequest_Header)(nil),
 		(*AddModelRequest_Chunk)(nil),
 	}
@@ -5154,7 +5251,7 @@ func file_npumesh_v1_npumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_npumesh_v1_npumesh_proto_rawDesc), len(file_npumesh_v1_npumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   71,
+			NumMessages:   73,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

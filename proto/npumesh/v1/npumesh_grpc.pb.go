@@ -29,6 +29,7 @@ const (
 	NodeService_GetTokenizer_FullMethodName = "/npumesh.v1.NodeService/GetTokenizer"
 	NodeService_FetchChunks_FullMethodName  = "/npumesh.v1.NodeService/FetchChunks"
 	NodeService_Stage_FullMethodName        = "/npumesh.v1.NodeService/Stage"
+	NodeService_Probe_FullMethodName        = "/npumesh.v1.NodeService/Probe"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -56,6 +57,9 @@ type NodeServiceClient interface {
 	// later one a step of hidden states; replies carry the tokens the last
 	// stage sampled, passed back stage by stage.
 	Stage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StageMessage, StageReply], error)
+	// Probe receives a payload and says how much arrived: the coordinator
+	// times it to measure the link's bandwidth for pipeline plans.
+	Probe(ctx context.Context, in *ProbeRequest, opts ...grpc.CallOption) (*ProbeResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -147,6 +151,16 @@ func (c *nodeServiceClient) Stage(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeService_StageClient = grpc.BidiStreamingClient[StageMessage, StageReply]
 
+func (c *nodeServiceClient) Probe(ctx context.Context, in *ProbeRequest, opts ...grpc.CallOption) (*ProbeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProbeResponse)
+	err := c.cc.Invoke(ctx, NodeService_Probe_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -172,6 +186,9 @@ type NodeServiceServer interface {
 	// later one a step of hidden states; replies carry the tokens the last
 	// stage sampled, passed back stage by stage.
 	Stage(grpc.BidiStreamingServer[StageMessage, StageReply]) error
+	// Probe receives a payload and says how much arrived: the coordinator
+	// times it to measure the link's bandwidth for pipeline plans.
+	Probe(context.Context, *ProbeRequest) (*ProbeResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -199,6 +216,9 @@ func (UnimplementedNodeServiceServer) FetchChunks(*FetchChunksRequest, grpc.Serv
 }
 func (UnimplementedNodeServiceServer) Stage(grpc.BidiStreamingServer[StageMessage, StageReply]) error {
 	return status.Errorf(codes.Unimplemented, "method Stage not implemented")
+}
+func (UnimplementedNodeServiceServer) Probe(context.Context, *ProbeRequest) (*ProbeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Probe not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -304,6 +324,24 @@ func _NodeService_Stage_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeService_StageServer = grpc.BidiStreamingServer[StageMessage, StageReply]
 
+func _NodeService_Probe_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProbeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).Probe(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_Probe_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).Probe(ctx, req.(*ProbeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -322,6 +360,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTokenizer",
 			Handler:    _NodeService_GetTokenizer_Handler,
+		},
+		{
+			MethodName: "Probe",
+			Handler:    _NodeService_Probe_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
