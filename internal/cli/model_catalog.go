@@ -24,6 +24,7 @@ import (
 	"github.com/npumesh/npumesh/internal/modelstore"
 	"github.com/npumesh/npumesh/internal/node"
 	"github.com/npumesh/npumesh/internal/pki"
+	"github.com/npumesh/npumesh/internal/safetensors"
 	pb "github.com/npumesh/npumesh/proto/npumesh/v1"
 )
 
@@ -174,10 +175,14 @@ func newModelAddCmd(g *globals) *cobra.Command {
 			}
 			pr.finish("hashed", m.Size())
 			var facts modelFacts
-			if m.Format == modelstore.FormatGGUF {
-				if facts, err = ggufFacts(path); err != nil {
-					fmt.Fprintf(g.stderr, "warning: the built-in engine cannot read this model (%v); nodes will report it failed\n", err)
-				}
+			switch m.Format {
+			case modelstore.FormatGGUF:
+				facts, err = ggufFacts(path)
+			case modelstore.FormatSafetensors:
+				facts, err = hfFacts(path)
+			}
+			if err != nil {
+				fmt.Fprintf(g.stderr, "warning: the built-in engine cannot read this model (%v); nodes will report it failed\n", err)
 			}
 			ac, closeConn, addr, err := af.dial()
 			if err != nil {
@@ -331,6 +336,35 @@ func ggufFacts(path string) (modelFacts, error) {
 	block := 4 * 2 * int64(p.Layers) * bs * int64(p.KVDim())
 	ctx := int64((p.Context+bs-1)/bs) * block
 	return modelFacts{arch: p.Arch, kvBudget: max(min(4*ctx, 4<<30), ctx)}, nil
+}
+
+// hfFacts does what ggufFacts does for a Hugging Face safetensors
+// directory, from its config.json as the engine reads it: the context is
+// max_position_embeddings (4096 when absent), a position's keys or values
+// in one layer num_key_value_heads*head_dim floats. A model_type the
+// engine does not run still gets its KV budget, with an error to warn about.
+func hfFacts(dir string) (modelFacts, error) {
+	b, err := os.ReadFile(filepath.Join(dir, safetensors.ConfigFile))
+	if err != nil {
+		return modelFacts{}, err
+	}
+	c, err := safetensors.ParseConfig(safetensors.ConfigFile, b)
+	if err != nil {
+		return modelFacts{}, err
+	}
+	ctxLen := c.MaxPositionEmbeddings
+	if ctxLen <= 0 {
+		ctxLen = 4096
+	}
+	const bs = 16
+	block := 4 * 2 * int64(c.NumHiddenLayers) * bs * int64(c.NumKeyValueHeads*c.HeadDim)
+	ctx := int64((ctxLen+bs-1)/bs) * block
+	facts := modelFacts{arch: c.ModelType, kvBudget: max(min(4*ctx, 4<<30), ctx)}
+	switch c.ModelType {
+	case "llama", "qwen2":
+		return facts, nil
+	}
+	return facts, fmt.Errorf("config.json: model_type %q: the built-in engine runs llama and qwen2 from safetensors", c.ModelType)
 }
 
 func loadedReplicas(cm *pb.CatalogModel) int {

@@ -68,12 +68,15 @@ type candidate struct {
 }
 
 // compatible says why a node cannot serve a model, "" when it can. The
-// built-in engine is pure Go and runs GGUF on every architecture npumesh
-// ships for; safetensors directories need a backend nodes do not offer for
-// pulled models yet, so they stay in the catalog unplaced.
+// built-in engine is pure Go and runs GGUF files and Hugging Face
+// safetensors directories on every architecture npumesh ships for (whether
+// it knows the model's architecture, a node finds out when it loads it, and
+// reports the replica failed with the engine's reason if not).
 func compatible(c candidate, m *modelstore.Manifest) string {
-	if m.Format != modelstore.FormatGGUF {
-		return "the built-in engine loads GGUF only; " + m.Format + " models need an upstream backend"
+	switch m.Format {
+	case modelstore.FormatGGUF, modelstore.FormatSafetensors:
+	default:
+		return "the built-in engine loads GGUF and safetensors; " + m.Format + " models need an upstream backend"
 	}
 	if c.os != "" && c.os != "linux" && c.os != runtime.GOOS {
 		return "os " + c.os + " is not supported"

@@ -65,12 +65,20 @@ func TestPlacement(t *testing.T) {
 			t.Errorf("three models on %v, want one per node", got)
 		}
 	})
-	t.Run("safetensors not placed", func(t *testing.T) {
-		c := placeCoordinator(map[string]uint64{"a": 8 * gib})
-		e := addEntry(c, "st", modelstore.FormatSafetensors, 1<<20, 1)
+	t.Run("safetensors placed like GGUF", func(t *testing.T) {
+		c := placeCoordinator(map[string]uint64{"a": 8 * gib, "b": 8 * gib, "small": 100 << 20})
+		e := addEntry(c, "st", modelstore.FormatSafetensors, 1*gib, 2)
 		c.place()
-		if len(e.Assigned) != 0 || !strings.Contains(strings.Join(e.Decisions, ""), "GGUF only") {
-			t.Errorf("safetensors: assigned %v, decisions %v", e.Assigned, e.Decisions)
+		if got := sorted(e.Assigned); !slices.Equal(got, []string{"a", "b"}) {
+			t.Errorf("safetensors on %v, want [a b] (small cannot fit 1 GiB); decisions %v", got, e.Decisions)
+		}
+	})
+	t.Run("unknown format not placed", func(t *testing.T) {
+		c := placeCoordinator(map[string]uint64{"a": 8 * gib})
+		e := addEntry(c, "onnx", "onnx", 1<<20, 1)
+		c.place()
+		if len(e.Assigned) != 0 || !strings.Contains(strings.Join(e.Decisions, ""), "onnx models need an upstream backend") {
+			t.Errorf("onnx: assigned %v, decisions %v", e.Assigned, e.Decisions)
 		}
 	})
 	t.Run("node leaves and comes back", func(t *testing.T) {

@@ -349,7 +349,9 @@ func (p *puller) run(ctx context.Context, s *pullState, sources []*pb.ChunkSourc
 	log.Info("model loaded", "size", s.total)
 }
 
-var errNoEngine = errors.New("no engine for this model format")
+// errNoEngine marks a model the built-in engine cannot load (its format,
+// or what the engine says of its files); retrying cannot help.
+var errNoEngine = errors.New("the built-in engine cannot load this model")
 
 // pullWindow is the HTTP/2 flow-control window of pull connections.
 const pullWindow = 1 << 20
@@ -391,16 +393,23 @@ func (p *puller) pullAndLoad(ctx context.Context, s *pullState, sources []*pb.Ch
 		p.n.log.Info("model transfer done", "model", m.Name, "bytes", got, "dur", dur.Round(time.Millisecond),
 			"rate_mbit_s", math.Round(rate*8/1e5)/10, "by_source", by)
 	}
+	switch m.Format {
+	case modelstore.FormatGGUF, modelstore.FormatSafetensors:
+	default:
+		return nil, fmt.Errorf("%w: it loads GGUF and safetensors; %s models need an upstream backend", errNoEngine, m.Format)
+	}
+	// The GGUF file, or the directory of a safetensors model (config.json,
+	// tokenizer.json, *.safetensors), which engine.Load reads as such.
 	path, err := p.store.Materialize(m)
 	if err != nil {
 		return nil, err
 	}
-	if m.Format != modelstore.FormatGGUF {
-		return nil, fmt.Errorf("%w: the built-in engine loads GGUF; %s models need an upstream backend", errNoEngine, m.Format)
-	}
 	b, err := LoadBuiltin(path, engine.Options{ID: m.Name, Threads: p.cfg.Threads})
 	if err != nil {
-		return nil, err
+		// The files are complete and verified: loading them again gives
+		// the same answer, so the replica stays failed with the engine's
+		// reason (a new version of the model is a new pull).
+		return nil, fmt.Errorf("%w: %w", errNoEngine, err)
 	}
 	return b, nil
 }
