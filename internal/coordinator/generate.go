@@ -131,6 +131,7 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 			// stage's own node when it names none).
 			if node, ok := failedStageNode(err); ok {
 				excluded[node] = true
+				c.stageFailed(node)
 			} else if nodeFault(err) {
 				excluded[m.name] = true
 			}

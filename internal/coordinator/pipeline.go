@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,7 +63,26 @@ func ActivationBytes(act string) (int, error) {
 type pipelines struct {
 	mu    sync.Mutex
 	specs map[string]ShardSpec
-	rtt   map[string]rttSample // by node
+	rtt   map[string]rttSample  // by node
+	plans map[string]cachedPlan // by model
+	// failed holds nodes whose stage failed, until when they are left out
+	// of every plan (a dead node stays registered until its heartbeats
+	// time out).
+	failed map[string]time.Time
+}
+
+// stageFailedCooldown is how long a node whose stage failed is left out of
+// plans.
+const stageFailedCooldown = 15 * time.Second
+
+// stageFailed leaves node out of plans for stageFailedCooldown.
+func (c *Coordinator) stageFailed(node string) {
+	c.pipes.mu.Lock()
+	defer c.pipes.mu.Unlock()
+	if c.pipes.failed == nil {
+		c.pipes.failed = map[string]time.Time{}
+	}
+	c.pipes.failed[node] = time.Now().Add(stageFailedCooldown)
 }
 
 type rttSample struct {
@@ -116,18 +136,28 @@ type pipelinePlan struct {
 }
 
 // stageHolders returns the members that can run stages of model: they
-// serve it with the built-in engine, are not draining, excluded or behind
-// an open breaker. Sorted by name, for stable plans.
+// serve it with the built-in engine, are not draining, excluded, recently
+// failed as a stage or behind an open breaker. Sorted by name, for stable plans.
 func (c *Coordinator) stageHolders(model string, exclude map[string]bool) ([]*member, *pb.ModelInfo) {
 	var out []*member
 	var shape *pb.ModelInfo
 	now := time.Now()
+	c.pipes.mu.Lock()
+	failed := map[string]bool{}
+	for n, until := range c.pipes.failed {
+		if now.Before(until) {
+			failed[n] = true
+		} else {
+			delete(c.pipes.failed, n)
+		}
+	}
+	c.pipes.mu.Unlock()
 	for _, m := range c.reg.list() {
 		m.mu.Lock()
 		mi, ok := m.models[model]
 		draining := m.draining
 		m.mu.Unlock()
-		if !ok || draining || exclude[m.name] || mi.GetBackend() != "builtin" || mi.GetLayers() == 0 || !c.rt.breakers.allow(m.name, now) {
+		if !ok || draining || exclude[m.name] || failed[m.name] || mi.GetBackend() != "builtin" || mi.GetLayers() == 0 || !c.rt.breakers.allow(m.name, now) {
 			continue
 		}
 		out = append(out, m)
@@ -167,6 +197,45 @@ func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude ma
 		}
 		return nil, nil
 	}
+	// A plan stays while the same nodes (same registrations) serve the
+	// model and the spec is the same, for planMaxAge: nodes keep one
+	// first stage per plan, so a plan that followed every wobble of the
+	// measured speeds would load new stages again and again.
+	var sig strings.Builder
+	fmt.Fprintf(&sig, "%d/%s", spec.Stages, spec.Activations)
+	for _, m := range holders {
+		fmt.Fprintf(&sig, "|%s#%d", m.name, m.session)
+	}
+	c.pipes.mu.Lock()
+	cached, ok := c.pipes.plans[model]
+	c.pipes.mu.Unlock()
+	if ok && cached.sig == sig.String() && time.Since(cached.at) < planMaxAge {
+		return cached.pp, nil
+	}
+	pp, err := c.makePlan(ctx, model, spec, holders, shape)
+	if err == nil {
+		c.pipes.mu.Lock()
+		if c.pipes.plans == nil {
+			c.pipes.plans = map[string]cachedPlan{}
+		}
+		c.pipes.plans[model] = cachedPlan{sig: sig.String(), at: time.Now(), pp: pp}
+		c.pipes.mu.Unlock()
+	}
+	return pp, err
+}
+
+// planMaxAge is how long a pipeline plan is kept while its nodes stay.
+const planMaxAge = 5 * time.Minute
+
+// cachedPlan is a model's current plan (pp nil: served whole).
+type cachedPlan struct {
+	sig string
+	at  time.Time
+	pp  *pipelinePlan
+}
+
+// makePlan plans model's pipeline over holders.
+func (c *Coordinator) makePlan(ctx context.Context, model string, spec ShardSpec, holders []*member, shape *pb.ModelInfo) (*pipelinePlan, *openai.Error) {
 	sm := shardModel(shape)
 	var nodes []shard.Node
 	whole := int64(0)

@@ -123,3 +123,33 @@ func TestPlanPipeline(t *testing.T) {
 		}
 	})
 }
+
+// TestPlanStable: a plan stays while its nodes stay (speeds move, the
+// plan does not), and a node whose stage failed is left out of new plans.
+func TestPlanStable(t *testing.T) {
+	const mib = 1 << 20
+	ctx := context.Background()
+	c := pipelineCoordinator(t, map[string]uint64{"a": 4096 * mib, "b": 4096 * mib, "c": 4096 * mib}, map[string]float64{"a": 10, "b": 10, "c": 10})
+	c.SetShard("m", ShardSpec{Stages: 2})
+	p1, err := c.planPipeline(ctx, "m", nil)
+	if err != nil || p1 == nil {
+		t.Fatal(p1, err)
+	}
+	for _, m := range c.reg.members {
+		m.models["m"].DecodeTokS *= 3 // measured speeds move
+	}
+	if p2, _ := c.planPipeline(ctx, "m", nil); p2 != p1 {
+		t.Fatalf("plan changed with the same nodes: %v then %v", p1.pb, p2.pb)
+	}
+	dead := p1.pb.GetStages()[1].GetNode()
+	c.stageFailed(dead)
+	p3, err := c.planPipeline(ctx, "m", nil)
+	if err != nil || p3 == nil {
+		t.Fatal(p3, err)
+	}
+	for _, s := range p3.pb.GetStages() {
+		if s.GetNode() == dead {
+			t.Fatalf("plan after %s failed still uses it: %v", dead, p3.pb.GetStages())
+		}
+	}
+}

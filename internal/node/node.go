@@ -373,10 +373,11 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 		return status.Errorf(codes.NotFound, "model %q is not served by node %s", req.GetModel(), n.cfg.Name)
 	}
 	if p := req.GetPipeline(); p != nil {
-		f, err := n.stages.first(stream.Context(), req.GetModel(), p)
+		f, release, err := n.stages.first(stream.Context(), req.GetModel(), p)
 		if err != nil {
 			return err
 		}
+		defer release()
 		b = f.b
 	}
 	if a, ok := b.(Availability); ok && !a.Available() {

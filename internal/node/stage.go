@@ -49,11 +49,13 @@ const maxStageMessage = 64 << 20
 type stageHost struct {
 	n  *Node
 	mu sync.Mutex
-	// firsts are the first stages by plan key; a broken one is dropped.
+	// firsts are the first stages by plan key; a broken one is dropped,
+	// an idle one closed (sweep).
 	firsts map[string]*firstStage
 	// later are the models of later stages by model and layers.
-	later map[string]*engine.Model
+	later map[string]*laterStage
 	conns map[string]*grpc.ClientConn
+	stop  chan struct{} // ends the sweeper
 	// sent counts activation bytes this node sent downstream.
 	sent atomic.Int64
 }
@@ -65,7 +67,31 @@ type firstStage struct {
 	b     *Builtin      // the first layers, with the engine's scheduler
 	link  *stageLink
 	err   error
+	// active counts Generate calls using it; used is when the last one
+	// started or ended (unix nanoseconds).
+	active atomic.Int32
+	used   atomic.Int64
 }
+
+// acquire marks f in use until the returned func is called.
+func (f *firstStage) acquire() func() {
+	f.active.Add(1)
+	f.used.Store(time.Now().UnixNano())
+	return func() {
+		f.used.Store(time.Now().UnixNano())
+		f.active.Add(-1)
+	}
+}
+
+// laterStage is a later stage's model and the streams using it.
+type laterStage struct {
+	m       *engine.Model
+	streams int       // guarded by stageHost.mu
+	used    time.Time // guarded by stageHost.mu
+}
+
+// stageIdle is how long a stage no request or stream uses stays loaded.
+const stageIdle = 2 * time.Minute
 
 // stageLink is the stream to the next stage.
 type stageLink struct {
@@ -81,7 +107,49 @@ type stageLink struct {
 }
 
 func newStageHost(n *Node) *stageHost {
-	return &stageHost{n: n, firsts: map[string]*firstStage{}, later: map[string]*engine.Model{}, conns: map[string]*grpc.ClientConn{}}
+	h := &stageHost{n: n, firsts: map[string]*firstStage{}, later: map[string]*laterStage{}, conns: map[string]*grpc.ClientConn{}, stop: make(chan struct{})}
+	go h.sweeper()
+	return h
+}
+
+// sweeper closes stages idle for stageIdle, every half of it, until close.
+func (h *stageHost) sweeper() {
+	t := time.NewTicker(stageIdle / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			h.sweep(time.Now(), stageIdle)
+		case <-h.stop:
+			return
+		}
+	}
+}
+
+// sweep closes the stages unused since now-idle.
+func (h *stageHost) sweep(now time.Time, idle time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, f := range h.firsts {
+		select {
+		case <-f.ready:
+		default:
+			continue // setting up
+		}
+		if f.err == nil && f.active.Load() == 0 && now.Sub(time.Unix(0, f.used.Load())) > idle {
+			delete(h.firsts, k)
+			f.link.cancel()
+			go f.b.Close()
+			h.n.log.Info("idle pipeline first stage closed", "plan", k)
+		}
+	}
+	for k, l := range h.later {
+		if l.streams == 0 && now.Sub(l.used) > idle {
+			delete(h.later, k)
+			go l.m.Close()
+			h.n.log.Info("idle pipeline stage closed", "stage", k)
+		}
+	}
 }
 
 // planKey identifies a pipeline plan.
@@ -132,19 +200,25 @@ func checkPlan(p *pb.Pipeline, layers int) error {
 	return err
 }
 
-// first returns the first stage of plan p for model, setting the
-// pipeline up on first use; concurrent callers of one plan wait for one
-// setup. h.mu is not held while the chain is set up: a node may be
+// first returns the first stage of plan p for model, in use until release
+// is called, setting the pipeline up on first use; concurrent callers of
+// one plan wait for one setup. h.mu is not held while the chain is set up: a node may be
 // setting up one plan's first stage while it serves a later stage of
 // another.
-func (h *stageHost) first(ctx context.Context, model string, p *pb.Pipeline) (*firstStage, error) {
+func (h *stageHost) first(ctx context.Context, model string, p *pb.Pipeline) (*firstStage, func(), error) {
 	key := planKey(model, p)
 	h.mu.Lock()
 	f := h.firsts[key]
-	if f == nil {
+	created := f == nil
+	if created {
 		f = &firstStage{key: key, ready: make(chan struct{})}
 		h.firsts[key] = f
-		h.mu.Unlock()
+	}
+	// Counted before h.mu is released, so the sweeper never closes a
+	// stage a request is about to use.
+	release := f.acquire()
+	h.mu.Unlock()
+	if created {
 		f.b, f.link, f.err = h.setUp(ctx, model, p)
 		if f.err != nil {
 			h.mu.Lock()
@@ -154,15 +228,19 @@ func (h *stageHost) first(ctx context.Context, model string, p *pb.Pipeline) (*f
 			go f.link.receive(f.b.m, func() { h.drop(f) })
 		}
 		close(f.ready)
-		return f, f.err
+	} else {
+		select {
+		case <-f.ready:
+		case <-ctx.Done():
+			release()
+			return nil, nil, status.FromContextError(ctx.Err()).Err()
+		}
 	}
-	h.mu.Unlock()
-	select {
-	case <-f.ready:
-		return f, f.err
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+	if f.err != nil {
+		release()
+		return nil, nil, f.err
 	}
+	return f, release, nil
 }
 
 // setUp chains the stages of p after this node and loads its first layers.
@@ -358,14 +436,31 @@ func fromStageMessage(msg *pb.StageMessage, act engine.ActType, dim int, hidden 
 	return step, err
 }
 
-// laterModel returns the shared model of layers [lo,hi) of model.
-func (h *stageHost) laterModel(model string, lo, hi int) (*engine.Model, error) {
+// laterModel returns the shared model of layers [lo,hi) of model, counted
+// as used by one more stream until release is called.
+func (h *stageHost) laterModel(model string, lo, hi int) (m *engine.Model, release func(), err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	key := fmt.Sprintf("%s[%d,%d)", model, lo, hi)
-	if m := h.later[key]; m != nil {
-		return m, nil
+	l := h.later[key]
+	if l == nil {
+		if l, err = h.loadLater(model, lo, hi); err != nil {
+			return nil, nil, err
+		}
+		h.later[key] = l
 	}
+	l.streams++
+	l.used = time.Now()
+	return l.m, func() {
+		h.mu.Lock()
+		l.streams--
+		l.used = time.Now()
+		h.mu.Unlock()
+	}, nil
+}
+
+// loadLater loads layers [lo,hi) of model. h.mu is held.
+func (h *stageHost) loadLater(model string, lo, hi int) (*laterStage, error) {
 	base, err := h.builtinFor(model)
 	if err != nil {
 		return nil, err
@@ -377,15 +472,19 @@ func (h *stageHost) laterModel(model string, lo, hi int) (*engine.Model, error) 
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "load layers [%d,%d) of %q: %v", lo, hi, model, err)
 	}
-	h.later[key] = m
 	h.n.log.Info("pipeline stage loaded", "model", model, "layers", opts.Layers)
-	return m, nil
+	return &laterStage{m: m}, nil
 }
 
 // close releases every stage model.
 func (h *stageHost) close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
 	for k, f := range h.firsts {
 		select {
 		case <-f.ready:
@@ -397,8 +496,8 @@ func (h *stageHost) close() {
 		}
 		delete(h.firsts, k)
 	}
-	for k, m := range h.later {
-		m.Close()
+	for k, l := range h.later {
+		l.m.Close()
 		delete(h.later, k)
 	}
 	for k, c := range h.conns {
@@ -427,10 +526,11 @@ func (s *nodeService) Stage(stream grpc.BidiStreamingServer[pb.StageMessage, pb.
 	if lo <= 0 {
 		return status.Errorf(codes.InvalidArgument, "stage layers [%d,%d): a later stage starts after layer 0", lo, hi)
 	}
-	m, err := h.laterModel(setup.GetModel(), lo, hi)
+	m, release, err := h.laterModel(setup.GetModel(), lo, hi)
 	if err != nil {
 		return err
 	}
+	defer release()
 	info := m.Info()
 	rest := setup.GetNext()
 	if (len(rest) == 0) != (hi == info.Layers) {
