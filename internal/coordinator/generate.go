@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -103,6 +104,7 @@ func (c *Coordinator) generate(ctx context.Context, req *pb.GenerateRequest, out
 		}
 		if pp != nil {
 			areq.Pipeline = pp.pb
+			c.metrics.pipelines.WithLabelValues(model, strconv.Itoa(len(pp.pb.GetStages()))).Inc()
 		}
 		before := len(st.done)
 		final, err := c.runOn(ctx, m, areq, out, &st)

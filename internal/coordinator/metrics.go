@@ -21,6 +21,7 @@ type metrics struct {
 	outToks    *prometheus.CounterVec   // model
 	retries    *prometheus.CounterVec   // model
 	migrations *prometheus.CounterVec   // model
+	pipelines  *prometheus.CounterVec   // model, stages
 }
 
 // Request outcomes, the values of the "outcome" label.
@@ -61,8 +62,11 @@ func newMetrics(c *Coordinator) *metrics {
 		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "npumesh_migrations_total", Help: "Streams moved to another node after their node failed mid-stream.",
 		}, []string{"model"}),
+		pipelines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "npumesh_pipeline_attempts_total", Help: "Request attempts served by a pipeline of stages (a sharded model), by number of stages.",
+		}, []string{"model", "stages"}),
 	}
-	m.reg.MustRegister(m.requests, m.ttft, m.itl, m.duration, m.promptToks, m.outToks, m.retries, m.migrations,
+	m.reg.MustRegister(m.requests, m.ttft, m.itl, m.duration, m.promptToks, m.outToks, m.retries, m.migrations, m.pipelines,
 		&clusterCollector{c: c},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -263,6 +263,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	stopCtrl()
 	<-ctrlDone
+	// Pipeline stages end their streams now (a pipeline through this node
+	// is re-planned by its coordinator), so the server stops gracefully.
+	n.stages.close()
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
@@ -270,7 +273,6 @@ func (n *Node) Run(ctx context.Context) error {
 	case <-time.After(2 * time.Second):
 		srv.Stop()
 	}
-	n.stages.close()
 	for _, b := range n.backends {
 		if cerr := b.Close(); cerr != nil {
 			n.log.Warn("close backend", "err", cerr)

@@ -583,16 +583,41 @@ func (s *nodeService) Stage(stream grpc.BidiStreamingServer[pb.StageMessage, pb.
 		}()
 		defer func() { next.cancel(); <-relayDone }()
 	}
-	// A failure behind this stage is reported up by the relay above; the
-	// first stage then cancels the chain, which ends this Recv.
+	// Steps are received on a goroutine of their own so that the loop also
+	// ends when the node stops (h.stop): a handler blocked in Recv would
+	// hold the server's graceful stop. A failure behind this stage is
+	// reported up by the relay above; the first stage then cancels the
+	// chain, which ends the stream.
+	recv := make(chan *pb.StageMessage, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case recv <- msg:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	var hidden []float32
 	for {
-		msg, err := stream.Recv()
-		if err != nil {
+		var msg *pb.StageMessage
+		select {
+		case msg = <-recv:
+		case err := <-recvErr:
 			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) || errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
+		case <-ctx.Done():
+			return status.Errorf(codes.Unavailable, "stage on node %s ended: the stage behind it failed", s.n.cfg.Name)
+		case <-h.stop:
+			return status.Errorf(codes.Unavailable, "node %s is stopping", s.n.cfg.Name)
 		}
 		step, err := fromStageMessage(msg, act, info.Dim, hidden)
 		if err != nil {
