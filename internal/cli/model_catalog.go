@@ -470,6 +470,9 @@ func newModelShardCmd(g *globals) *cobra.Command {
 				for i, s := range p.GetStages() {
 					fmt.Fprintf(g.stdout, "  stage %d: node %s (%s) layers [%d,%d)\n", i, s.GetNode(), s.GetAddress(), s.GetLayerLo(), s.GetLayerHi())
 				}
+				if n := resp.GetNote(); n != "" {
+					fmt.Fprintf(g.stdout, "note: %s\n", n)
+				}
 				return nil
 			})
 		},

@@ -417,6 +417,9 @@ func (s *adminService) ShardModel(ctx context.Context, req *pb.ShardModelRequest
 		resp.Note = "served whole: a node holds the model (or no node serves it yet)"
 	default:
 		resp.Pipeline, resp.TokenSeconds, resp.BytesPerToken = pipe, plan.TokenSeconds, plan.BytesPerToken
+		if n := len(plan.Stages); spec.Stages > n {
+			resp.Note = fmt.Sprintf("%d stages asked for, but only %d nodes serve the model: %d stages until more join", spec.Stages, n, n)
+		}
 	}
 	return resp, nil
 }
