@@ -2,8 +2,10 @@ package clustertest
 
 import (
 	"context"
+	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +40,15 @@ func TestShardedPipeline(t *testing.T) {
 	got, finish := completeText(t, c.API, body())
 	if got != want || finish != "length" {
 		t.Fatalf("3-stage pipeline, finish %q:\n got %q\nwant %q", finish, got, want)
+	}
+	// The CLI shows the plan, and refuses a bad setting in one line.
+	out, err := exec.Command(Binary(t), "model", "shard", "stories260K", "--stages", "3", "--activations", "f32", "--data-dir", c.DataDir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "stories260K: 3 stages, f32 activations") || strings.Count(string(out), "  stage ") != 3 {
+		t.Fatalf("model shard: %v\n%s", err, out)
+	}
+	out, err = exec.Command(Binary(t), "model", "shard", "stories260K", "--stages", "2", "--activations", "f8", "--data-dir", c.DataDir).CombinedOutput()
+	if err == nil || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 || !strings.Contains(string(out), "want f16, f32 or q8") {
+		t.Fatalf("model shard with a bad activation type: %v\n%s", err, out)
 	}
 	stages := laterStages(c)
 	if len(stages) != 2 {
