@@ -404,13 +404,20 @@ func (s *nodeService) Generate(req *pb.GenerateRequest, stream grpc.ServerStream
 	}
 	log := n.log.With("request_id", req.GetRequestId(), "model", req.GetModel())
 	start := time.Now()
-	n.speed.start(req.GetModel(), time.Now())
+	// A pipeline's pace is the chain's, not this node's: the speed a
+	// plan uses is measured on whole-model requests only.
+	measure := req.GetPipeline() == nil
+	if measure {
+		n.speed.start(req.GetModel(), time.Now())
+	}
 	var generated int
 	res, err := b.Generate(stream.Context(), breq, func(d engine.Delta) error {
 		generated += len(d.IDs)
 		return stream.Send(&pb.GenerateResponse{Msg: &pb.GenerateResponse_Delta{Delta: &pb.TokenDelta{Ids: d.IDs, Text: d.Text}}})
 	})
-	n.speed.end(req.GetModel(), generated, time.Now())
+	if measure {
+		n.speed.end(req.GetModel(), generated, time.Now())
+	}
 	if err != nil {
 		log.Debug("generate failed", "err", err)
 		pipelineTrailer(stream, err)
