@@ -248,6 +248,7 @@ func (c *Coordinator) makePlan(ctx context.Context, model string, spec ShardSpec
 		m.mu.Lock()
 		free := int64(m.info.GetMemoryAvailableBytes())
 		tokS := m.models[model].GetDecodeTokS()
+		layerS := m.models[model].GetLayerSeconds()
 		m.mu.Unlock()
 		if free == 0 || free >= whole {
 			fitsOne = true // unknown memory counts as enough
@@ -256,7 +257,10 @@ func (c *Coordinator) makePlan(ctx context.Context, model string, spec ShardSpec
 		if free == 0 {
 			n.FreeMem = whole
 		}
-		if tokS > 0 {
+		switch {
+		case layerS > 0: // measured per layer by the node's engine
+			n.LayerSeconds = layerS
+		case tokS > 0:
 			n.LayerSeconds = 1 / (tokS * float64(sm.Layers))
 		}
 		nodes = append(nodes, n)

@@ -78,6 +78,26 @@ func TestPlanPipeline(t *testing.T) {
 			t.Errorf("activations %q", pp.pb.GetActivations())
 		}
 	})
+	t.Run("measured layer time wins over decode speed", func(t *testing.T) {
+		// By decode speed "a" looks 3x faster, but its measured layer
+		// time says it is 3x slower (its decode speed was taken while
+		// it served something else too).
+		c := pipelineCoordinator(t, map[string]uint64{"a": 4096 * mib, "b": 4096 * mib}, map[string]float64{"a": 30, "b": 10})
+		c.reg.members["a"].models["m"].LayerSeconds = 0.03
+		c.reg.members["b"].models["m"].LayerSeconds = 0.01
+		c.SetShard("m", ShardSpec{Stages: 2})
+		pp, err := c.planPipeline(ctx, "m", nil)
+		if err != nil || pp == nil {
+			t.Fatalf("got plan %v, error %v", pp, err)
+		}
+		layers := map[string]int32{}
+		for _, s := range pp.pb.GetStages() {
+			layers[s.GetNode()] = s.GetLayerHi() - s.GetLayerLo()
+		}
+		if layers["b"] <= layers["a"] {
+			t.Errorf("layers %v: b, 3x faster per layer, should run more", layers)
+		}
+	})
 	t.Run("re-plan without a failed node", func(t *testing.T) {
 		c := pipelineCoordinator(t, map[string]uint64{"a": 4096 * mib, "b": 4096 * mib, "c": 4096 * mib, "d": 4096 * mib}, nil)
 		c.SetShard("m", ShardSpec{Stages: 3})

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
@@ -139,6 +140,8 @@ type Model struct {
 	// passes of StageRunners, which share the pool.
 	stage   LayerRange
 	stageMu sync.Mutex
+	// layerNanos is LayerSeconds in nanoseconds (stage.go).
+	layerNanos atomic.Int64
 
 	// mu guards closed and file: Generate holds it shared for its whole
 	// run, so Close (exclusive) waits for running generations before it

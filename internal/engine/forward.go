@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
@@ -153,6 +154,10 @@ func grow(s []float32, n int) []float32 {
 // the same order whatever else is in the batch, so a sequence's logits do
 // not depend on its batch mates (a test checks bit equality).
 func (m *Model) forward(b *batch) {
+	if b.n == 1 {
+		// Single-position steps time the layers (LayerSeconds).
+		defer m.timeLayers(time.Now())
+	}
 	hp, w, pool := &m.hp, &m.w, m.pool
 	n := b.n
 	dim, qDim, kvDim, hd := hp.Dim, hp.QDim(), hp.KVDim(), hp.HeadDim

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/npumesh/npumesh/internal/kvcache"
 )
@@ -94,6 +95,27 @@ type Downstream interface {
 // ErrStageFailed wraps the error of a pipeline whose downstream stages
 // failed: the caller may run the request again on another pipeline.
 var ErrStageFailed = errors.New("pipeline stage failed")
+
+// timeLayers adds a single-position step that started at start to the
+// layer timing: an exponentially weighted mean over about 16 steps.
+func (m *Model) timeLayers(start time.Time) {
+	per := float64(time.Since(start).Nanoseconds()) / float64(max(len(m.w.layers), 1))
+	for {
+		old := m.layerNanos.Load()
+		next := per
+		if old != 0 {
+			next = float64(old) + (per-float64(old))/16
+		}
+		if m.layerNanos.CompareAndSwap(old, int64(next)) {
+			return
+		}
+	}
+}
+
+// LayerSeconds is the measured compute time of one layer for one position
+// (decode, batch 1) on this machine, from the model's recent single-position
+// steps; 0 before any. Pipeline plans split layers by it.
+func (m *Model) LayerSeconds() float64 { return float64(m.layerNanos.Load()) / 1e9 }
 
 // last reports whether the model holds the output head.
 func (m *Model) last() bool { return m.stage.IsZero() || m.stage.Hi == m.hp.Layers }

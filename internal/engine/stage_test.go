@@ -151,6 +151,9 @@ func TestPipelineMatchesWhole(t *testing.T) {
 				t.Errorf("result %+v", res)
 			}
 			whole := loadStories(t, Options{Threads: 2})
+			if c.first.LayerSeconds() <= 0 || c.runners[0].m.LayerSeconds() <= 0 {
+				t.Errorf("layer time not measured: first stage %v, second %v", c.first.LayerSeconds(), c.runners[0].m.LayerSeconds())
+			}
 			prompts := []string{"Once upon a time", "The cat", "Lily and Ben went to the park", "One day", "Tom had a big red ball", "A little bird", "The sun was", ""}
 			var wg sync.WaitGroup
 			for _, p := range prompts {

@@ -54,13 +54,24 @@ type ModelInfo struct {
 	// upstream servers); see engine.ModelInfo.
 	Layers, HiddenSize                                      int
 	LayerBytes, EmbedBytes, HeadBytes, KVBytesPerLayerToken int64
+	// LayerSeconds is the measured time of one layer for one decoded
+	// position (0: not yet measured).
+	LayerSeconds float64
 }
 
-// setShape copies i's shape into mi.
-func setShape(mi *pb.ModelInfo, i ModelInfo) {
+// setShape copies i's shape and measured layer time into mi; the time
+// pipeline stages of the model measured here, when there are any, is the
+// more recent figure.
+func (n *Node) setShape(mi *pb.ModelInfo, i ModelInfo) {
+	defer func() {
+		if s := n.stages.layerSeconds(i.ID); s > 0 {
+			mi.LayerSeconds = s
+		}
+	}()
 	mi.Layers, mi.HiddenSize = int32(i.Layers), int32(i.HiddenSize)
 	mi.LayerBytes, mi.EmbedBytes, mi.HeadBytes = uint64(i.LayerBytes), uint64(i.EmbedBytes), uint64(i.HeadBytes)
 	mi.KvBytesPerLayerToken = uint64(i.KVBytesPerLayerToken)
+	mi.LayerSeconds = i.LayerSeconds
 }
 
 // Request is a generation request as a backend sees it: an engine request,
@@ -125,6 +136,7 @@ func (b *Builtin) Info() ModelInfo {
 		Layers:        i.Layers, HiddenSize: i.Dim,
 		LayerBytes: i.LayerBytes, EmbedBytes: i.EmbedBytes, HeadBytes: i.HeadBytes,
 		KVBytesPerLayerToken: i.KVBytesPerLayerToken,
+		LayerSeconds:         b.m.LayerSeconds(),
 	}
 }
 

@@ -311,7 +311,7 @@ func (n *Node) modelInfos() []*pb.ModelInfo {
 			KvBlockSize:   int32(i.BlockSize),
 			DecodeTokS:    n.speed.get(i.ID, time.Now()),
 		}
-		setShape(mi, i)
+		n.setShape(mi, i)
 		out = append(out, mi)
 	}
 	return append(out, n.pulledModelInfos()...)

@@ -152,7 +152,7 @@ func (n *Node) pulledModelInfos() []*pb.ModelInfo {
 			i := s.backend.Info()
 			mi.Arch, mi.Backend, mi.ContextLength, mi.Parameters = i.Arch, i.Backend, int32(i.ContextLength), i.Parameters
 			mi.Quantization, mi.KvBlockSize, mi.SizeBytes = i.Quantization, int32(i.BlockSize), i.SizeBytes
-			setShape(mi, i)
+			n.setShape(mi, i)
 		}
 		out = append(out, mi)
 	}

@@ -658,3 +658,37 @@ func pipelineTrailer(stream grpc.ServerStream, err error) {
 func (s *nodeService) Probe(ctx context.Context, req *pb.ProbeRequest) (*pb.ProbeResponse, error) {
 	return &pb.ProbeResponse{Received: int64(len(req.GetPayload()))}, nil
 }
+
+// layerSeconds is the mean measured layer time of the stages of model
+// loaded here (0 when none has measured).
+func (h *stageHost) layerSeconds(model string) float64 {
+	if h == nil {
+		return 0
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var sum float64
+	var n int
+	add := func(m *engine.Model) {
+		if s := m.LayerSeconds(); s > 0 && m.Info().ID == model {
+			sum += s
+			n++
+		}
+	}
+	for _, f := range h.firsts {
+		select {
+		case <-f.ready:
+			if f.err == nil {
+				add(f.b.m)
+			}
+		default:
+		}
+	}
+	for _, l := range h.later {
+		add(l.m)
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}

@@ -527,8 +527,11 @@ type ModelInfo struct {
 	EmbedBytes           uint64 `protobuf:"varint,16,opt,name=embed_bytes,json=embedBytes,proto3" json:"embed_bytes,omitempty"`
 	HeadBytes            uint64 `protobuf:"varint,17,opt,name=head_bytes,json=headBytes,proto3" json:"head_bytes,omitempty"`
 	KvBytesPerLayerToken uint64 `protobuf:"varint,18,opt,name=kv_bytes_per_layer_token,json=kvBytesPerLayerToken,proto3" json:"kv_bytes_per_layer_token,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Measured compute seconds of one layer for one decoded position on this
+	// node (built-in engine; 0 before it has decoded any).
+	LayerSeconds  float64 `protobuf:"fixed64,19,opt,name=layer_seconds,json=layerSeconds,proto3" json:"layer_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -683,6 +686,13 @@ func (x *ModelInfo) GetHeadBytes() uint64 {
 func (x *ModelInfo) GetKvBytesPerLayerToken() uint64 {
 	if x != nil {
 		return x.KvBytesPerLayerToken
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetLayerSeconds() float64 {
+	if x != nil {
+		return x.LayerSeconds
 	}
 	return 0
 }
@@ -4713,7 +4723,7 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"\x0fsampled_unix_ms\x18\x05 \x01(\x03R\rsampledUnixMs\"6\n" +
 	"\x06Sensor\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xb5\x04\n" +
+	"\acelsius\x18\x02 \x01(\x01R\acelsius\"\xda\x04\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x18\n" +
@@ -4741,7 +4751,8 @@ const file_npumesh_v1_npumesh_proto_rawDesc = "" +
 	"embedBytes\x12\x1d\n" +
 	"\n" +
 	"head_bytes\x18\x11 \x01(\x04R\theadBytes\x126\n" +
-	"\x18kv_bytes_per_layer_token\x18\x12 \x01(\x04R\x14kvBytesPerLayerToken\"\x13\n" +
+	"\x18kv_bytes_per_layer_token\x18\x12 \x01(\x04R\x14kvBytesPerLayerToken\x12#\n" +
+	"\rlayer_seconds\x18\x13 \x01(\x01R\flayerSeconds\"\x13\n" +
 	"\x11ListModelsRequest\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.npumesh.v1.ModelInfoR\x06models\"\x9a\x02\n" +
