@@ -1,7 +1,9 @@
 package clustertest
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -43,5 +45,36 @@ func TestAutomaticSharding(t *testing.T) {
 	}
 	if n := metricValue(t, p.api, "npumesh_pipeline_attempts_total"); n < 1 {
 		t.Fatalf("npumesh_pipeline_attempts_total = %v: the model was not served by a pipeline", n)
+	}
+	// The cluster view shows the plan: stages covering the 5 layers.
+	resp, err := http.Get(p.api + "/api/v1/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var view struct {
+		Pipelines []struct {
+			Model  string `json:"model"`
+			Stages []struct {
+				Node   string `json:"node"`
+				Layers [2]int `json:"layers"`
+			} `json:"stages"`
+		} `json:"pipelines"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&view); err != nil {
+		t.Fatal(err)
+	}
+	if len(view.Pipelines) != 1 || view.Pipelines[0].Model != "stories260K" || len(view.Pipelines[0].Stages) < 2 {
+		t.Fatalf("cluster view pipelines: %+v", view.Pipelines)
+	}
+	next := 0
+	for _, s := range view.Pipelines[0].Stages {
+		if s.Layers[0] != next || s.Layers[1] <= s.Layers[0] {
+			t.Fatalf("stages %+v do not cover the layers in order", view.Pipelines[0].Stages)
+		}
+		next = s.Layers[1]
+	}
+	if next != 5 {
+		t.Fatalf("stages %+v end at layer %d, want 5", view.Pipelines[0].Stages, next)
 	}
 }

@@ -129,7 +129,8 @@ func (c *Coordinator) handleNodes(w http.ResponseWriter, r *http.Request) {
 		views = append(views, v)
 	}
 	// "nodes" are the live ones; "departed" those that left recently (down).
-	openai.WriteJSON(w, http.StatusOK, map[string]any{"nodes": views, "departed": c.reg.recentlyDeparted()})
+	// "pipelines" are the current plans of sharded models.
+	openai.WriteJSON(w, http.StatusOK, map[string]any{"nodes": views, "departed": c.reg.recentlyDeparted(), "pipelines": c.pipelineViews()})
 }
 
 func newRequestID() string {

@@ -427,3 +427,39 @@ func (s *adminService) ShardModel(ctx context.Context, req *pb.ShardModelRequest
 	}
 	return resp, nil
 }
+
+// pipelineView is one sharded model's current plan in GET /api/v1/nodes.
+type pipelineView struct {
+	Model        string              `json:"model"`
+	Activations  string              `json:"activations"`
+	MicroBatches int32               `json:"micro_batches"`
+	Stages       []pipelineStageView `json:"stages"`
+	// TokenMillis is the planner's estimate of decode time per token.
+	TokenMillis float64 `json:"estimated_ms_per_token"`
+	Planned     string  `json:"planned"`
+}
+
+type pipelineStageView struct {
+	Node   string `json:"node"`
+	Layers [2]int `json:"layers"` // [lo, hi)
+}
+
+// pipelineViews lists the cached plans of sharded models, by model.
+func (c *Coordinator) pipelineViews() []pipelineView {
+	c.pipes.mu.Lock()
+	defer c.pipes.mu.Unlock()
+	out := []pipelineView{}
+	for model, cp := range c.pipes.plans {
+		if cp.pp == nil {
+			continue
+		}
+		v := pipelineView{Model: model, Activations: cp.pp.pb.GetActivations(), MicroBatches: cp.pp.pb.GetMicroBatches(),
+			TokenMillis: cp.pp.plan.TokenSeconds * 1000, Planned: cp.at.UTC().Format(time.RFC3339)}
+		for _, s := range cp.pp.pb.GetStages() {
+			v.Stages = append(v.Stages, pipelineStageView{Node: s.GetNode(), Layers: [2]int{int(s.GetLayerLo()), int(s.GetLayerHi())}})
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Model < out[j].Model })
+	return out
+}
