@@ -50,13 +50,12 @@ func hasVNNI() bool {
 	return cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL && os.Getenv("NPUMESH_KERNELS") != "avx2"
 }
 
-// The tile kernels of asmgen/tile.go. The q4_0 ones multiply the unsigned
-// nibbles n and add −8·Σx per block; q8_0 needs no offset.
+// The tile kernels of asmgen/tile.go.
 var (
-	tilesQ4_0AVX2 = &tileSet{tileQ4_0_1x1AVX2, nil, tileQ4_0_1x4AVX2, tileQ4_0_1x8AVX2, -8}
-	tilesQ4_0VNNI = &tileSet{tileQ4_0_1x1VNNI, nil, tileQ4_0_1x4VNNI, tileQ4_0_1x8VNNI, -8}
-	tilesQ8_0AVX2 = &tileSet{tileQ8_0_1x1AVX2, nil, tileQ8_0_1x4AVX2, tileQ8_0_1x8AVX2, 0}
-	tilesQ8_0VNNI = &tileSet{tileQ8_0_1x1VNNI, nil, tileQ8_0_1x4VNNI, tileQ8_0_1x8VNNI, 0}
+	tilesQ4_0AVX2 = &tileSet{tileQ4_0_8x1AVX2, tileQ4_0_8x4AVX2, nil, -8}
+	tilesQ4_0VNNI = &tileSet{tileQ4_0_8x1VNNI, tileQ4_0_8x4VNNI, tileQ4_0_8x8VNNI, -8}
+	tilesQ8_0AVX2 = &tileSet{tileQ8_0_8x1AVX2, tileQ8_0_8x4AVX2, nil, 0}
+	tilesQ8_0VNNI = &tileSet{tileQ8_0_8x1VNNI, tileQ8_0_8x4VNNI, tileQ8_0_8x8VNNI, -128}
 )
 
 func quantizeQ8Asm(v *q8Vec, x []float32) {

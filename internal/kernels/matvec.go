@@ -114,8 +114,8 @@ type scratch struct {
 	// four-vector kernels step from one vector to the next by one stride.
 	krec []uint64
 	q8K  []q8KVec
-	// The tile kernels' block offsets.
-	xo []float32
+	// The tile kernels' activation records.
+	rec []uint32
 	// The float vectors of an F32/F16/BF16 product.
 	fx [][]float32
 	// Per row, the four results of a four-vector kernel.
@@ -206,10 +206,8 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
 	if tiles != nil {
-		// Single vectors go four rows at a time: keep chunks whole tiles.
-		if n == 1 && grain > 4 {
-			grain &^= 3
-		}
+		// Chunks of whole eight-row groups.
+		grain = (grain + 7) &^ 7
 		xt := sc.q8TileVecs(im.quantQ8, x, n, cols, tiles.offset, pool)
 		pool.parallel(rows, grain, tileLoop(dst, w, rb, rows, xt, n, tiles))
 		return
@@ -221,7 +219,13 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 		for i := range xs {
 			xs[i] = x[i*cols : (i+1)*cols]
 		}
-		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
+		if pool == nil {
+			// Called here, the closures do not escape: small products
+			// (attention's, thousands per step) allocate nothing.
+			rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4)(0, rows)
+		} else {
+			pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
+		}
 		clear(xs) // do not keep the caller's activations reachable from the pool
 		return
 	}

@@ -116,89 +116,85 @@ func dotQ6KAVX2(w *byte, q8 *int8, xd *float32, bsums *int16, nb int) float32
 //go:noescape
 func dotQ6Kx4AVX2(w *byte, q8 *int8, xd *float32, bsums *int16, nb int, stride int, out *[4]float32)
 
-// tileQ4_0_1x1AVX2 multiplies 1 Q4_0 rows (rb bytes apart) by 1 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ4_0_8x1AVX2 multiplies 8 Q4_0 rows (rb bytes apart) by 1 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ4_0_1x1AVX2(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ4_0_8x1AVX2(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ4_0_1x4AVX2 multiplies 1 Q4_0 rows (rb bytes apart) by 4 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ4_0_8x4AVX2 multiplies 8 Q4_0 rows (rb bytes apart) by 4 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ4_0_1x4AVX2(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ4_0_8x4AVX2(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ4_0_1x8AVX2 multiplies 1 Q4_0 rows (rb bytes apart) by 8 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ4_0_8x1VNNI multiplies 8 Q4_0 rows (rb bytes apart) by 1 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ4_0_1x8AVX2(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ4_0_8x1VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ8_0_1x1AVX2 multiplies 1 Q8_0 rows (rb bytes apart) by 1 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ4_0_8x4VNNI multiplies 8 Q4_0 rows (rb bytes apart) by 4 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ8_0_1x1AVX2(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ4_0_8x4VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ8_0_1x4AVX2 multiplies 1 Q8_0 rows (rb bytes apart) by 4 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ4_0_8x8VNNI multiplies 8 Q4_0 rows (rb bytes apart) by 8 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ8_0_1x4AVX2(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ4_0_8x8VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ8_0_1x8AVX2 multiplies 1 Q8_0 rows (rb bytes apart) by 8 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ8_0_8x1AVX2 multiplies 8 Q8_0 rows (rb bytes apart) by 1 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ8_0_1x8AVX2(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ8_0_8x1AVX2(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ4_0_1x1VNNI multiplies 1 Q4_0 rows (rb bytes apart) by 1 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ8_0_8x4AVX2 multiplies 8 Q8_0 rows (rb bytes apart) by 4 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ4_0_1x1VNNI(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ8_0_8x4AVX2(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ4_0_1x4VNNI multiplies 1 Q4_0 rows (rb bytes apart) by 4 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ8_0_8x1VNNI multiplies 8 Q8_0 rows (rb bytes apart) by 1 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ4_0_1x4VNNI(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ8_0_8x1VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ4_0_1x8VNNI multiplies 1 Q4_0 rows (rb bytes apart) by 8 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ8_0_8x4VNNI multiplies 8 Q8_0 rows (rb bytes apart) by 4 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ4_0_1x8VNNI(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ8_0_8x4VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
-// tileQ8_0_1x1VNNI multiplies 1 Q8_0 rows (rb bytes apart) by 1 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
+// tileQ8_0_8x8VNNI multiplies 8 Q8_0 rows (rb bytes apart) by 8 q8 vectors
+// over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's
+// record, at x + v·xstride, holds per block its scale d (float32) and offset
+// xoi (int32), then the nb·32 q8 values.
 //
 //go:noescape
-func tileQ8_0_1x1VNNI(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
-
-// tileQ8_0_1x4VNNI multiplies 1 Q8_0 rows (rb bytes apart) by 4 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
-//
-//go:noescape
-func tileQ8_0_1x4VNNI(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
-
-// tileQ8_0_1x8VNNI multiplies 1 Q8_0 rows (rb bytes apart) by 8 q8 vectors
-// (qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1
-// blocks; row r of vector v goes to out[v·ostride/4 + r].
-//
-//go:noescape
-func tileQ8_0_1x8VNNI(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)
+func tileQ8_0_8x8VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
 // quantQ8AVX2 quantizes nb ≥ 1 blocks of 32 floats at x to qs, with their
 // scales d, block sums sum and d·sum in s.

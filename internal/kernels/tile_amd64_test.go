@@ -167,3 +167,42 @@ func BenchmarkTilesInterleaved(b *testing.B) {
 		}
 	}
 }
+
+// TestTileRowsIndependent: the eight-row kernels compute each row in its
+// own lanes, so a row gives the same bits in any group of eight, alone
+// (padded) or with others, with either kernel form and any vector count.
+func TestTileRowsIndependent(t *testing.T) {
+	a := asmKernels()
+	if a == nil {
+		t.Skip("no assembly kernels")
+	}
+	defer active.Store(active.Load())
+	r := rand.New(rand.NewPCG(31, 32))
+	for _, v := range tileVariants(a)[1:] {
+		active.Store(v.im)
+		for _, typ := range []gguf.Type{gguf.TypeQ4_0, gguf.TypeQ8_0} {
+			const rows, cols = 21, 160
+			rb, _ := RowSize(typ, cols)
+			w := randomRows(r, typ, rows, cols)
+			for _, n := range []int{1, 5, 8, 12} {
+				x := randomVec(r, n*cols)
+				all := make([]float32, n*rows)
+				MatMul(all, w, typ, rows, cols, x, n, nil)
+				for lo := range rows {
+					for _, m := range []int{1, 3} {
+						hi := min(lo+m, rows)
+						part := make([]float32, n*(hi-lo))
+						MatMul(part, w[lo*rb:hi*rb], typ, hi-lo, cols, x, n, nil)
+						for i := range n {
+							for k := lo; k < hi; k++ {
+								if got, want := part[i*(hi-lo)+k-lo], all[i*rows+k]; got != want {
+									t.Fatalf("%s %v n=%d: row %d of rows [%d,%d) = %g, of all rows %g", v.name, typ, n, k, lo, hi, got, want)
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -8,29 +8,39 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
-// The tile kernels multiply R weight rows by V q8 activation vectors in
-// one pass over the rows' blocks (llamafile's tinyBLAS idea): each weight
-// block is loaded and unpacked once for all V vectors, and the R·V
-// products keep R·V independent accumulators, so the FMA latency chain of
-// a one-accumulator dot no longer bounds a single vector (R = 4).
+// The tile kernels multiply eight q4_0 or q8_0 weight rows by V q8
+// activation vectors with the rows in the lanes (the layout of llama.cpp's
+// repacked q4_0x8 kernels, built here on the fly from the file's layout
+// instead of repacked at load). Per block, the eight rows' quants are
+// loaded (16 bytes at a time, rows i and i+4 in one ymm) and transposed
+// so that dword lane r of c[j] holds row r's bytes 4j..4j+3: for q4_0
+// their low nibbles pair with the activation bytes 4j..4j+3 and their
+// high nibbles with 16+4j..16+4j+3, for q8_0 (32 bytes) the bytes pair
+// with the activation bytes 4j..4j+3 (j = 0..7). One VPDPBUSD with the
+// activation dword broadcast (EVEX embedded broadcast) then serves all
+// eight rows: a block costs about one integer instruction per row and
+// vector, plus one convert, one multiply and one FMA per vector for all
+// eight rows, and the transposition, shared by all V vectors.
 //
-// Every (row, vector) pair goes through the same instructions in the same
-// order whatever R and V are, so all tile shapes give the same bits, and
-// the AVX2 and the VNNI forms compute the same exact int32 lane sums
-// (VPMADDUBSW cannot saturate on these operands), so they agree bit for
-// bit too.
+// Per block b, lane r of vector v's int32 sum is, exactly,
 //
-// Per block b the pair's accumulator takes cvt(lane sums)·s_b by FMA,
-// s_b = f16(d_w)·d_x, the lane sums being those of
+//	q4_0: Σ n·x − 8·Σx (n the unsigned nibbles, x the q8 activation);
+//	q8_0: Σ w·x, as Σ (w+128)·x − 128·Σx in the VNNI form (VPDPBUSD
+//	      multiplies unsigned by signed bytes) and as Σ |w|·(x·sign w)
+//	      with VPMADDUBSW in the AVX2 form (w+128 would saturate it);
 //
-//	q4_0: Σ n·x, the unsigned nibbles n times the q8 activation x;
-//	q8_0: Σ w·x, as Σ |w|·(x·sign w) (llama.cpp's sign trick);
+// the offsets (offset·Σx per block, "xoi") come precomputed with the
+// activations. The AVX2 form gets the same integers from
+// VPMADDUBSW+VPMADDWD (q4_0: the eight products' int16 sums, each at most
+// 2·15·127, stay below 2^15, so one VPMADDWD per block). Row r's float
+// accumulator then takes, in lane r,
 //
-// and q4_0's offset, −8·Σx, comes in
-// as s_b·xo[b], xo[b] = offset·Σx over the block being exact in float32,
-// added to lane b mod 4 of the accumulator (lane 0 for leftover blocks).
-// The scales of four blocks are multiplied with one VMULPS (the same
-// float32 products as the scalar VMULSS of the leftover blocks).
+//	acc = fma(float(sum), f16(d_r)·d_x, acc)
+//
+// one block after the other. Every V and both ISA forms do exactly that,
+// so all shapes, ISAs and vector counts give the same bits; a group of
+// fewer than eight rows is computed in a padded copy (the lanes are
+// independent).
 
 type tileType struct {
 	name  string
@@ -43,59 +53,54 @@ var (
 	tq8_0 = tileType{"Q8_0", 34, false}
 )
 
-// usesOffset reports whether the kernel adds the activation's block
-// offsets xo.
-func (t tileType) usesOffset(vnni bool) bool { return t.q4 }
+// usesOffset reports whether the kernel adds the activation's integer
+// block offsets: q4_0's −8·Σx, and −128·Σx in q8_0's VNNI form.
+func (t tileType) usesOffset(vnni bool) bool { return t.q4 || vnni }
 
-func tileName(t tileType, r, v int, vnni bool) string {
+// highY are the registers only EVEX instructions reach.
+var highY = []VecPhysical{Y16, Y17, Y18, Y19, Y20, Y21, Y22, Y23, Y24, Y25, Y26, Y27, Y28, Y29, Y30, Y31}
+
+func tileName(t tileType, V int, vnni bool) string {
 	isa := "AVX2"
 	if vnni {
 		isa = "VNNI"
 	}
-	return fmt.Sprintf("tile%s_%dx%d%s", t.name, r, v, isa)
+	return fmt.Sprintf("tile%s_8x%d%s", t.name, V, isa)
 }
 
-func tileKernel(t tileType, R, V int, vnni bool) {
-	name := tileName(t, R, V, vnni)
-	TEXT(name, NOSPLIT, "func(w *byte, rb int, xq *int8, xd *float32, xo *float32, nb int, xstride int, dstride int, out *float32, ostride int)")
+func tileKernel(t tileType, V int, vnni bool) {
+	bsize := t.bsize
+	name := tileName(t, V, vnni)
+	TEXT(name, NOSPLIT, "func(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)")
 	Pragma("noescape")
-	Doc(fmt.Sprintf("%s multiplies %d %s rows (rb bytes apart) by %d q8 vectors", name, R, t.name, V),
-		"(qs xstride bytes apart, scales d and offsets xo dstride bytes apart) over nb ≥ 1",
-		"blocks; row r of vector v goes to out[v·ostride/4 + r].")
-	w, xq, xd, nb := GP64(), GP64(), GP64(), GP64()
+	Doc(fmt.Sprintf("%s multiplies 8 %s rows (rb bytes apart) by %d q8 vectors", name, t.name, V),
+		"over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's",
+		"record, at x + v·xstride, holds per block its scale d (float32) and offset",
+		"xoi (int32), then the nb·32 q8 values.")
+	w, dx, xq, nb := GP64(), GP64(), GP64(), GP64()
 	Load(Param("w"), w)
-	Load(Param("xq"), xq)
-	Load(Param("xd"), xd)
+	Load(Param("x"), dx)
 	Load(Param("nb"), nb)
-	var xo GPVirtual
-	if t.usesOffset(vnni) {
-		xo = GP64()
-		Load(Param("xo"), xo)
+	LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
+	rb, rb3, w4 := GP64(), GP64(), GP64()
+	Load(Param("rb"), rb)
+	LEAQ(Mem{Base: rb, Index: rb, Scale: 2}, rb3)
+	LEAQ(Mem{Base: w, Index: rb, Scale: 4}, w4)
+	rowAt := func(r, disp int) Mem {
+		if r >= 4 {
+			return at(w4, rb, rb3, r-4, disp)
+		}
+		return at(w, rb, rb3, r, disp)
 	}
-	var rb, rb3 GPVirtual
-	if R > 1 {
-		rb, rb3 = GP64(), GP64()
-		Load(Param("rb"), rb)
-		LEAQ(Mem{Base: rb, Index: rb, Scale: 2}, rb3)
-	}
-	rowAt := func(r, disp int) Mem { return at(w, rb, rb3, r, disp) }
-	var xs, xs3, ds, ds3 GPVirtual
-	var xq4, xo4, xd4 GPVirtual
+	var xs, xs3, xq4, dx4 GPVirtual
 	if V > 1 {
-		xs, ds = GP64(), GP64()
+		xs, xs3 = GP64(), GP64()
 		Load(Param("xstride"), xs)
-		Load(Param("dstride"), ds)
-		xs3, ds3 = GP64(), GP64()
 		LEAQ(Mem{Base: xs, Index: xs, Scale: 2}, xs3)
-		LEAQ(Mem{Base: ds, Index: ds, Scale: 2}, ds3)
 		if V > 4 {
-			xq4, xd4 = GP64(), GP64()
+			xq4, dx4 = GP64(), GP64()
 			LEAQ(Mem{Base: xq, Index: xs, Scale: 4}, xq4)
-			LEAQ(Mem{Base: xd, Index: ds, Scale: 4}, xd4)
-			if xo != nil {
-				xo4 = GP64()
-				LEAQ(Mem{Base: xo, Index: ds, Scale: 4}, xo4)
-			}
+			LEAQ(Mem{Base: dx, Index: xs, Scale: 4}, dx4)
 		}
 	}
 	vecAt := func(base, base4, s, s3 GPVirtual, v, disp int) Mem {
@@ -105,159 +110,196 @@ func tileKernel(t tileType, R, V int, vnni bool) {
 		return at(base, s, s3, v, disp)
 	}
 	xAt := func(v, disp int) Mem { return vecAt(xq, xq4, xs, xs3, v, disp) }
-	oAt := func(v, disp int) Mem { return vecAt(xo, xo4, ds, ds3, v, disp) }
-	dAt := func(v, disp int) Mem { return vecAt(xd, xd4, ds, ds3, v, disp) }
+	dAt := func(v, disp int) Mem { return vecAt(dx, dx4, xs, xs3, v, disp) }
+	oAt := func(v, disp int) Mem { return vecAt(dx, dx4, xs, xs3, v, disp+4) }
 
-	var mask, ones, shift VecVirtual
-	if t.q4 {
+	var mask, ones VecVirtual
+	switch {
+	case t.q4:
 		mask = splat(0x0f0f0f0f)
-		// Shift counts 0,0,4,4 for VPSRLVQ: the low lane keeps the low
-		// nibbles, the high lane gets the high ones.
-		g, x := GP64(), XMM()
-		shift = YMM()
-		MOVQ(U32(4), g)
-		VMOVQ(g, x)
-		VPBROADCASTQ(x, x)
-		VPXOR(shift, shift, shift)
-		VINSERTI128(U8(1), x, shift, shift)
+	case vnni:
+		mask = splat(0x80808080) // w+128: unsigned for VPDPBUSD
 	}
 	if !vnni {
 		ones = onesW()
 	}
-	acc := make([]VecVirtual, R*V)
-	for i := range acc {
-		acc[i] = YMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
-	// unpack returns row r's block k as bytes ready for the unsigned
-	// operand, and for q8_0 on AVX2 the signs' source (the raw bytes).
-	unpack := func(r, k int) (u, raw VecVirtual) {
-		if t.q4 {
+	// The VNNI forms of 4 and 8 vectors keep the float accumulators in
+	// Y16-Y23 and the integer sums in Y24-Y31 (EVEX instructions only),
+	// so that the allocator, which hands out all 32 registers, keeps the
+	// rest in Y0-Y15 for VEX-only instructions (VPAND, VINSERTI128,
+	// VHADDPS). Should a form ever need more, the Go assembler rejects it.
+	high := vnni && V >= 4
+	acc := make([]Register, V)
+	for v := range V {
+		if high {
+			acc[v] = highY[v]
+			VPXORD(acc[v], acc[v], acc[v])
+		} else {
 			a := YMM()
-			VBROADCASTI128(rowAt(r, t.bsize*k+2), a)
-			VPSRLVQ(shift, a, a)
-			VPAND(mask, a, a)
-			return a, nil
+			VXORPS(a, a, a)
+			acc[v] = a
 		}
-		a := YMM()
-		VMOVDQU(rowAt(r, t.bsize*k+2), a)
-		abs := YMM()
-		VPSIGNB(a, a, abs)
-		return abs, a
 	}
-	// lanes returns the int32 lane sums of the block k product, as float32.
-	lanes := func(v, k int, u, raw VecVirtual) VecVirtual {
-		p := YMM()
-		switch {
-		case vnni && t.q4:
-			VPXOR(p, p, p)
-			VPDPBUSD(xAt(v, 32*k), u, p)
-		case vnni:
-			x := YMM()
-			VMOVDQU(xAt(v, 32*k), x)
-			VPSIGNB(raw, x, x)
-			VPXOR(p, p, p)
-			VPDPBUSD(x, u, p)
-		case t.q4:
-			VPMADDUBSW(xAt(v, 32*k), u, p)
-			VPMADDWD(ones, p, p)
-		default:
-			VMOVDQU(xAt(v, 32*k), p)
-			VPSIGNB(raw, p, p)
-			VPMADDUBSW(p, u, p)
-			VPMADDWD(ones, p, p)
+
+	loop, done := "loop", "done"
+	// The next eight rows follow these in memory: read them ahead, into
+	// L2, as one sequential stream of 8·bsize bytes per block. Eight row
+	// streams side by side are read from DRAM about 1.5x more slowly
+	// than one (and prefetching into L1 thrashes it: two groups of rows
+	// are larger).
+	pf := GP64()
+	LEAQ(Mem{Base: w4, Index: rb, Scale: 4}, pf)
+	Label(loop)
+	for off := 0; off < 8*bsize; off += 64 {
+		PREFETCHT1(Mem{Base: pf, Disp: off})
+	}
+	ADDQ(U32(8*bsize), pf)
+	// Integer sums per vector, seeded with the block's offset.
+	isum := make([]Register, V)
+	for v := range V {
+		if !vnni {
+			break
 		}
-		VCVTDQ2PS(p, p)
-		return p
+		if high {
+			isum[v] = highY[8+v]
+		} else {
+			isum[v] = YMM()
+		}
+		VPBROADCASTD(oAt(v, 0), isum[v])
 	}
-	gather4 := func(r int) VecVirtual { // four f16 at stride bsize → float32 ×4
-		// Assembled in a general register: the integer ALUs are idle,
-		// the vector ones are what the kernel is bound by.
-		g, x := GP64(), XMM()
-		MOVWQZX(rowAt(r, 0), g)
+	// rowsT loads 16 bytes at disp of each row, a_i = rows i | i+4, and
+	// transposes them 4×4 dwords per lane: lane r of c[j] is row r's
+	// dword j.
+	rowsT := func(disp int) []VecVirtual {
+		a := make([]VecVirtual, 4)
+		for i := range a {
+			a[i] = YMM()
+			// (Not VMOVDQU to the xmm: the allocator would take the
+			// ymm's upper half as live from the previous block.)
+			VBROADCASTI128(rowAt(i, disp), a[i])
+			VINSERTI128(U8(1), rowAt(i+4, disp), a[i], a[i])
+		}
+		t0, t1, t2, t3 := YMM(), YMM(), YMM(), YMM()
+		VPUNPCKLDQ(a[1], a[0], t0)
+		VPUNPCKHDQ(a[1], a[0], t1)
+		VPUNPCKLDQ(a[3], a[2], t2)
+		VPUNPCKHDQ(a[3], a[2], t3)
+		c := []VecVirtual{YMM(), YMM(), YMM(), YMM()}
+		VPUNPCKLQDQ(t2, t0, c[0])
+		VPUNPCKHQDQ(t2, t0, c[1])
+		VPUNPCKLQDQ(t3, t1, c[2])
+		VPUNPCKHQDQ(t3, t1, c[3])
+		return c
+	}
+	// AVX2, q4_0: int16 sums of the eight VPMADDUBSW (each ≤ 2·15·127,
+	// eight of them < 2^15), widened by one VPMADDWD at the end. q8_0
+	// (|w|·±x, up to 2·128·127 per pair) widens each.
+	s16 := make([]VecVirtual, V)
+	dot := func(u, raw VecVirtual, disp int) {
+		for v := range V {
+			if vnni {
+				VPDPBUSD_BCST(xAt(v, disp), u, isum[v])
+				continue
+			}
+			xb := YMM()
+			VPBROADCASTD(xAt(v, disp), xb)
+			if raw != nil {
+				VPSIGNB(raw, xb, xb)
+			}
+			switch {
+			case t.q4 && s16[v] == nil:
+				s16[v] = YMM()
+				VPMADDUBSW(xb, u, s16[v])
+			case t.q4:
+				VPMADDUBSW(xb, u, xb)
+				VPADDW(xb, s16[v], s16[v])
+			case isum[v] == nil:
+				VPMADDUBSW(xb, u, xb)
+				VPMADDWD(ones, xb, xb)
+				isum[v] = xb
+			default:
+				VPMADDUBSW(xb, u, xb)
+				VPMADDWD(ones, xb, xb)
+				VPADDD(xb, isum[v], isum[v])
+			}
+		}
+	}
+	if t.q4 {
+		c := rowsT(2)
+		for j := range 4 {
+			lo, hi := YMM(), YMM()
+			VPSRLD(U8(4), c[j], hi)
+			VPAND(mask, c[j], lo)
+			VPAND(mask, hi, hi)
+			dot(lo, nil, 4*j)
+			dot(hi, nil, 16+4*j)
+		}
+	} else {
+		for half := range 2 {
+			c := rowsT(2 + 16*half)
+			for j := range 4 {
+				u := YMM()
+				if vnni {
+					VPXOR(mask, c[j], u)
+					dot(u, nil, 16*half+4*j)
+				} else {
+					VPSIGNB(c[j], c[j], u)
+					dot(u, c[j], 16*half+4*j)
+				}
+			}
+		}
+	}
+	// The eight rows' scales, lane r = row r.
+	hx := XMM()
+	for half := range 2 {
+		g := GP64()
+		MOVWQZX(rowAt(4*half, 0), g)
 		for k := 1; k < 4; k++ {
 			h := GP64()
-			MOVWQZX(rowAt(r, t.bsize*k), h)
+			MOVWQZX(rowAt(4*half+k, 0), h)
 			SHLQ(U8(16*k), h)
 			ORQ(h, g)
 		}
-		VMOVQ(g, x)
-		VCVTPH2PS(x, x)
-		return x
+		if half == 0 {
+			VMOVQ(g, hx)
+		} else {
+			VPINSRQ(U8(1), g, hx, hx)
+		}
 	}
-	local := AllocLocal(16 * R * V)
-	// Labels are local to a function in Go assembly.
-	quad, tail, done := "quad", "tail", "done"
-	Label(quad)
-	CMPQ(nb, U8(4))
-	JL(LabelRef(tail))
-	for r := range R {
-		// The rows are read side by side, R streams that the hardware
-		// prefetchers follow poorly: ask for each row's data ahead.
-		PREFETCHT0(rowAt(r, prefetchAhead*4*t.bsize))
-		dw4 := gather4(r)
-		for v := range V {
-			sc := XMM()
-			VMULPS(dAt(v, 0), dw4, sc)
-			VMOVUPS(sc, local.Offset(16*(r*V+v)))
-			if xo != nil {
-				VMULPS(oAt(v, 0), sc, sc) // upper lanes of the ymm zeroed
-				VADDPS(sc.AsY(), acc[r*V+v], acc[r*V+v])
+	dw := YMM()
+	VCVTPH2PS(hx, dw)
+	for v := range V {
+		if !vnni {
+			if t.q4 {
+				isum[v] = s16[v]
+				VPMADDWD(ones, s16[v], s16[v])
+			}
+			if t.usesOffset(vnni) {
+				o := YMM()
+				VPBROADCASTD(oAt(v, 0), o)
+				VPADDD(o, isum[v], isum[v])
 			}
 		}
-	}
-	for k := range 4 {
-		for r := range R {
-			u, raw := unpack(r, k)
-			for v := range V {
-				p := lanes(v, k, u, raw)
-				s := YMM()
-				VBROADCASTSS(local.Offset(16*(r*V+v)+4*k), s)
-				VFMADD231PS(p, s, acc[r*V+v])
-			}
+		f, s := YMM(), YMM()
+		VCVTDQ2PS(isum[v], f)
+		if vnni {
+			VMULPS_BCST(dAt(v, 0), dw, s)
+		} else {
+			VBROADCASTSS(dAt(v, 0), s)
+			VMULPS(dw, s, s)
 		}
+		VFMADD231PS(f, s, acc[v])
 	}
-	advance := func(blocks int) {
-		ADDQ(U32(blocks*t.bsize), w)
-		ADDQ(U32(blocks*32), xq)
-		ADDQ(U32(blocks*4), xd)
-		if xo != nil {
-			ADDQ(U32(blocks*4), xo)
-		}
-		if xq4 != nil {
-			ADDQ(U32(blocks*32), xq4)
-			ADDQ(U32(blocks*4), xd4)
-			if xo4 != nil {
-				ADDQ(U32(blocks*4), xo4)
-			}
-		}
+	ADDQ(U32(bsize), w)
+	ADDQ(U32(bsize), w4)
+	ADDQ(U32(32), xq)
+	ADDQ(U32(8), dx)
+	if xq4 != nil {
+		ADDQ(U32(32), xq4)
+		ADDQ(U32(8), dx4)
 	}
-	advance(4)
-	SUBQ(U8(4), nb)
-	JMP(LabelRef(quad))
-
-	Label(tail)
-	TESTQ(nb, nb)
-	JZ(LabelRef(done))
-	for r := range R {
-		dw := f16Scalar(rowAt(r, 0))
-		u, raw := unpack(r, 0)
-		for v := range V {
-			s := XMM() // lanes 1-3 are dw's: zero
-			VMULSS(dAt(v, 0), dw, s)
-			if xo != nil {
-				o := XMM()
-				VMULSS(oAt(v, 0), s, o)
-				VADDPS(o.AsY(), acc[r*V+v], acc[r*V+v])
-			}
-			p := lanes(v, 0, u, raw)
-			VBROADCASTSS(s, s.AsY())
-			VFMADD231PS(p, s.AsY(), acc[r*V+v])
-		}
-	}
-	advance(1)
 	DECQ(nb)
-	JMP(LabelRef(tail))
+	JNZ(LabelRef(loop))
 
 	Label(done)
 	out := GP64()
@@ -272,34 +314,22 @@ func tileKernel(t tileType, R, V int, vnni bool) {
 			LEAQ(Mem{Base: out, Index: os, Scale: 4}, out4)
 		}
 	}
-	for r := range R {
-		for v := range V {
-			s := hsum(acc[r*V+v])
-			VMOVSS(s, vecAt(out, out4, os, os3, v, 4*r))
-		}
+	for v := range V {
+		VMOVUPS(acc[v], vecAt(out, out4, os, os3, v, 0))
 	}
 	VZEROUPPER()
 	RET()
 }
 
-// prefetchAhead is how many groups of four blocks ahead of the one being
-// computed each row's data is prefetched.
-var prefetchAhead = 8
-
-// tileShapes are the (rows, vectors) shapes generated per type and ISA.
-//
-// {4, 1} (single vectors four rows at a time, which breaks the FMA
-// latency chain of one accumulator) is faster when the rows are in cache
-// but was slower in the engine, where the rows stream from DRAM; it is
-// left out until that is understood.
-var tileShapes = [][2]int{{1, 1}, {1, 4}, {1, 8}}
-
+// tileKernels generates the kernels for 1, 4 and (VNNI only: the AVX2
+// form runs out of its sixteen registers) 8 vectors.
 func tileKernels() {
-	for _, vnni := range []bool{false, true} {
-		for _, t := range []tileType{tq4_0, tq8_0} {
-			for _, s := range tileShapes {
-				tileKernel(t, s[0], s[1], vnni)
-			}
+	for _, t := range []tileType{tq4_0, tq8_0} {
+		for _, V := range []int{1, 4} {
+			tileKernel(t, V, false)
+		}
+		for _, V := range []int{1, 4, 8} {
+			tileKernel(t, V, true)
 		}
 	}
 }
