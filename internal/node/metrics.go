@@ -54,13 +54,14 @@ var (
 	descPrefixMisses = prometheus.NewDesc("npumesh_node_prefix_cache_misses_total", "KV blocks looked up in the prefix cache and not found.", []string{"model"}, nil)
 	descPrefixRatio  = prometheus.NewDesc("npumesh_node_prefix_cache_hit_ratio", "Share of looked-up KV blocks found in the prefix cache since start.", []string{"model"}, nil)
 	descNodeCert     = prometheus.NewDesc("npumesh_certificate_expiry_timestamp_seconds", "When this node's certificate expires (Unix time).", []string{"role", "name"}, nil)
+	descStageBytes   = prometheus.NewDesc("npumesh_node_stage_activation_bytes_total", "Hidden-state bytes this node sent to the next pipeline stage (encoded, before gRPC and TLS framing).", nil, nil)
 )
 
 // nodeCollector reads live state at scrape time.
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodeInFlight, descNodeTemp, descNodeMaxTemp, descNodeThrottle, descNodePower, descNodeCert, descKVBlocks, descPrefixHits, descPrefixMisses, descPrefixRatio} {
+	for _, d := range []*prometheus.Desc{descNodeInFlight, descNodeTemp, descNodeMaxTemp, descNodeThrottle, descNodePower, descNodeCert, descKVBlocks, descPrefixHits, descPrefixMisses, descPrefixRatio, descStageBytes} {
 		ch <- d
 	}
 }
@@ -68,6 +69,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
 	ch <- prometheus.MustNewConstMetric(descNodeInFlight, prometheus.GaugeValue, float64(n.inFlight.Load()))
+	ch <- prometheus.MustNewConstMetric(descStageBytes, prometheus.CounterValue, float64(n.stages.sent.Load()))
 	for id, b := range n.backendsSnapshot() {
 		cs, ok := b.(interface{ CacheStats() kvcache.Stats })
 		if !ok {

@@ -85,7 +85,9 @@ func (f *firstStage) acquire() func() {
 
 // laterStage is a later stage's model and the streams using it.
 type laterStage struct {
+	ready   chan struct{} // closed when loaded (or failed: err)
 	m       *engine.Model
+	err     error
 	streams int       // guarded by stageHost.mu
 	used    time.Time // guarded by stageHost.mu
 }
@@ -144,6 +146,9 @@ func (h *stageHost) sweep(now time.Time, idle time.Duration) {
 		}
 	}
 	for k, l := range h.later {
+		if !isClosed(l.ready) || l.err != nil {
+			continue // loading (it has a stream)
+		}
 		if l.streams == 0 && now.Sub(l.used) > idle {
 			delete(h.later, k)
 			go l.m.Close()
@@ -437,30 +442,46 @@ func fromStageMessage(msg *pb.StageMessage, act engine.ActType, dim int, hidden 
 }
 
 // laterModel returns the shared model of layers [lo,hi) of model, counted
-// as used by one more stream until release is called.
+// as used by one more stream until release is called. The model loads
+// outside h.mu (a big one takes seconds, and the heartbeat reads the
+// stages); concurrent callers wait for one load.
 func (h *stageHost) laterModel(model string, lo, hi int) (m *engine.Model, release func(), err error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	key := fmt.Sprintf("%s[%d,%d)", model, lo, hi)
+	h.mu.Lock()
 	l := h.later[key]
-	if l == nil {
-		if l, err = h.loadLater(model, lo, hi); err != nil {
-			return nil, nil, err
-		}
+	created := l == nil
+	if created {
+		l = &laterStage{ready: make(chan struct{})}
 		h.later[key] = l
 	}
 	l.streams++
 	l.used = time.Now()
-	return l.m, func() {
+	h.mu.Unlock()
+	release = func() {
 		h.mu.Lock()
 		l.streams--
 		l.used = time.Now()
 		h.mu.Unlock()
-	}, nil
+	}
+	if created {
+		l.m, l.err = h.loadLater(model, lo, hi)
+		if l.err != nil {
+			h.mu.Lock()
+			delete(h.later, key)
+			h.mu.Unlock()
+		}
+		close(l.ready)
+	}
+	<-l.ready
+	if l.err != nil {
+		release()
+		return nil, nil, l.err
+	}
+	return l.m, release, nil
 }
 
-// loadLater loads layers [lo,hi) of model. h.mu is held.
-func (h *stageHost) loadLater(model string, lo, hi int) (*laterStage, error) {
+// loadLater loads layers [lo,hi) of model.
+func (h *stageHost) loadLater(model string, lo, hi int) (*engine.Model, error) {
 	base, err := h.builtinFor(model)
 	if err != nil {
 		return nil, err
@@ -473,7 +494,7 @@ func (h *stageHost) loadLater(model string, lo, hi int) (*laterStage, error) {
 		return nil, status.Errorf(codes.InvalidArgument, "load layers [%d,%d) of %q: %v", lo, hi, model, err)
 	}
 	h.n.log.Info("pipeline stage loaded", "model", model, "layers", opts.Layers)
-	return &laterStage{m: m}, nil
+	return m, nil
 }
 
 // close releases every stage model.
@@ -497,7 +518,9 @@ func (h *stageHost) close() {
 		delete(h.firsts, k)
 	}
 	for k, l := range h.later {
-		l.m.Close()
+		if isClosed(l.ready) && l.err == nil {
+			l.m.Close()
+		}
 		delete(h.later, k)
 	}
 	for k, c := range h.conns {
@@ -685,10 +708,22 @@ func (h *stageHost) layerSeconds(model string) float64 {
 		}
 	}
 	for _, l := range h.later {
-		add(l.m)
+		if isClosed(l.ready) && l.err == nil {
+			add(l.m)
+		}
 	}
 	if n == 0 {
 		return 0
 	}
 	return sum / float64(n)
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
