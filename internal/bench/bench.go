@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -61,8 +62,24 @@ type Options struct {
 	Seed uint64
 	// Warmup runs the workload this long before the measured Duration; its
 	// requests fill the caches but count in no result (they stay in
-	// Result.Log, marked, because they shaped the caches).
+	// Result.Log, marked, because they shaped the caches). The warmup is
+	// always a closed loop of Concurrency clients (it fills the caches as
+	// fast as the cluster serves); with Rate > 0 its requests all finish
+	// before the measured open loop starts.
 	Warmup time.Duration
+	// Rate > 0 makes the measured load an open loop: requests arrive as a
+	// Poisson process of Rate requests per second (seeded by Seed), whether
+	// or not earlier ones are done, for Duration. 0 is the closed loop of
+	// Concurrency clients. Open-loop TTFT is measured from a request's
+	// scheduled arrival, so time spent waiting for MaxInFlight counts.
+	Rate float64
+	// MaxInFlight bounds the open loop's requests in flight (default 64): an
+	// arrival that finds it full waits, and so do those behind it.
+	MaxInFlight int
+	// Drain bounds how long requests still in flight after Duration may take
+	// (default 30s); those still running then are cancelled and counted as
+	// errors. It applies to both loops.
+	Drain  time.Duration
 	Client *http.Client
 }
 
@@ -75,10 +92,18 @@ type Percentiles struct {
 
 // Result of one run.
 type Result struct {
-	Workload     string         `json:"workload"`
-	Prefixes     int            `json:"prefixes"`
-	Model        string         `json:"model"`
-	Concurrency  int            `json:"concurrency"`
+	Workload    string `json:"workload"`
+	Prefixes    int    `json:"prefixes"`
+	Model       string `json:"model"`
+	Concurrency int    `json:"concurrency"`
+	// Rate is the open loop's arrival rate (requests/s), 0 for a closed
+	// loop; MaxInFlight its bound; Delayed the measured arrivals that found
+	// the bound full and waited; Unsent the arrivals due before the end
+	// that were never sent because the bound stayed full until then.
+	Rate         float64        `json:"rate,omitempty"`
+	MaxInFlight  int            `json:"max_in_flight,omitempty"`
+	Delayed      int            `json:"delayed,omitempty"`
+	Unsent       int            `json:"unsent,omitempty"`
 	Seconds      float64        `json:"seconds"`
 	Requests     int            `json:"requests"`
 	Errors       int            `json:"errors"`
@@ -118,7 +143,10 @@ type Sent struct {
 // finish and count) or ctx ends.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Client == nil {
-		o.Client = &http.Client{}
+		// Keep a connection per request in flight, not the default 2.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = max(o.Concurrency, o.MaxInFlight, 64)
+		o.Client = &http.Client{Transport: tr}
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
@@ -152,14 +180,50 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		o.Model = m
 	}
+	if o.Rate < 0 || math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
+		return nil, fmt.Errorf("bad rate %v", o.Rate)
+	}
+	if o.Rate > 0 && o.Workload == LongContext {
+		return nil, errors.New("the long-context workload is a closed loop (each client's next turn needs its last answer); use --rate 0")
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 64
+	}
+	if o.Drain <= 0 {
+		o.Drain = 30 * time.Second
+	}
 	gen := newPrompts(o)
+	if o.Rate <= 0 {
+		start := time.Now().Add(o.Warmup)
+		obs := closedLoop(ctx, o, gen, start.Add(o.Duration))
+		// Requests started in the warmup count in no result; the measured
+		// span starts when the warmup ends, and the requests running then
+		// finish (and count) after it: a closed loop keeps Concurrency in
+		// flight.
+		return summarize(o, obs, start, time.Since(start)), nil
+	}
+	var obs []sample
+	if o.Warmup > 0 {
+		obs = closedLoop(ctx, o, gen, time.Now().Add(o.Warmup))
+	}
+	start := time.Now()
+	open, unsent := openLoop(ctx, o, gen, start, NewPoisson(o.Seed, o.Rate))
+	r := summarize(o, append(obs, open...), start, time.Since(start))
+	r.Unsent = unsent
+	return r, nil
+}
+
+// closedLoop runs o.Concurrency clients, each sending its next request when
+// its last one ends, until stop; requests running at stop finish (within
+// o.Drain).
+func closedLoop(ctx context.Context, o Options, gen *prompts, stop time.Time) []sample {
 	var (
-		mu    sync.Mutex
-		obs   []sample
-		wg    sync.WaitGroup
-		start = time.Now().Add(o.Warmup)
-		stop  = start.Add(o.Duration)
+		mu  sync.Mutex
+		obs []sample
+		wg  sync.WaitGroup
 	)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	for w := 0; w < o.Concurrency; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -167,7 +231,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			conv := gen.conversation(w)
 			for i := 0; time.Now().Before(stop) && ctx.Err() == nil; i++ {
 				spec := gen.next(w, i, conv)
-				s := one(ctx, o, spec)
+				s := one(rctx, o, spec, time.Time{})
 				if spec.session != "" && s.err == "" {
 					conv.answered(s.text)
 				}
@@ -177,11 +241,93 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			}
 		}(w)
 	}
-	wg.Wait()
-	// Requests started in the warmup count in no result; the measured span
-	// starts when the warmup ends, and the requests running then finish
-	// (and count) after it: a closed loop keeps Concurrency in flight.
-	return summarize(o, obs, start, time.Since(start)), nil
+	drain(&wg, cancel, time.Until(stop)+o.Drain)
+	return obs
+}
+
+// openLoop sends a request at each arrival of arr (offsets from start)
+// before start+o.Duration, at most o.MaxInFlight at once, and waits for
+// them (within o.Drain after the end). Its prompts are those of a client
+// numbered o.Concurrency, one past the warmup's, so none repeats a warmup
+// prompt.
+func openLoop(ctx context.Context, o Options, gen *prompts, start time.Time, arr *Poisson) (_ []sample, unsent int) {
+	var (
+		mu  sync.Mutex
+		obs []sample
+		wg  sync.WaitGroup
+	)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := start.Add(o.Duration)
+	slots := make(chan struct{}, o.MaxInFlight)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	w := o.Concurrency
+send:
+	for i := 0; ; i++ {
+		at := start.Add(arr.Next())
+		if !at.Before(stop) {
+			break
+		}
+		if d := time.Until(at); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				break send
+			}
+		}
+		delayed := false
+		select {
+		case slots <- struct{}{}:
+		default:
+			delayed = true
+			timer.Reset(time.Until(stop))
+			select {
+			case slots <- struct{}{}:
+				timer.Stop() // (Go 1.23 timers: no stale tick after Stop)
+			case <-timer.C:
+				// The bound stayed full to the end: this arrival and the
+				// rest are never sent.
+				unsent = 1
+				for start.Add(arr.Next()).Before(stop) {
+					unsent++
+				}
+				break send
+			case <-ctx.Done():
+				break send
+			}
+		}
+		spec := gen.next(w, i, nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := one(rctx, o, spec, at)
+			<-slots
+			s.delayed = delayed
+			mu.Lock()
+			obs = append(obs, s)
+			mu.Unlock()
+		}()
+	}
+	drain(&wg, cancel, time.Until(stop)+o.Drain)
+	return obs, unsent
+}
+
+// drain waits for wg at most d, then cancels what still runs and waits for
+// it to end (a cancelled request returns at once).
+func drain(wg *sync.WaitGroup, cancel context.CancelFunc, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(max(d, 0))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		cancel()
+		<-done
+	}
 }
 
 // sample is one request's measurements.
@@ -198,6 +344,7 @@ type sample struct {
 	prompt       int
 	cached       int
 	hasFirstTime bool
+	delayed      bool
 }
 
 // spec is one request to send.
@@ -208,8 +355,13 @@ type spec struct {
 	session   string
 }
 
-func one(ctx context.Context, o Options, sp spec) (s sample) {
+// one sends sp and reads its stream. at is when it was due (an open loop's
+// arrival; zero: now): its start and the origin of its TTFT.
+func one(ctx context.Context, o Options, sp spec, at time.Time) (s sample) {
 	s.start, s.promptText, s.prefix = time.Now(), sp.prompt, sp.prefix
+	if !at.IsZero() {
+		s.start = at
+	}
 	body, _ := json.Marshal(map[string]any{
 		"model": o.Model, "prompt": sp.prompt, "max_tokens": sp.maxTokens, "temperature": 0,
 		"stream": true, "stream_options": map[string]any{"include_usage": true},
@@ -227,6 +379,9 @@ func one(ctx context.Context, o Options, sp spec) (s sample) {
 		req.Header.Set("X-Session-Id", sp.session)
 	}
 	t0 := time.Now()
+	if !at.IsZero() {
+		t0 = at
+	}
 	resp, err := o.Client.Do(req)
 	if err != nil {
 		s.err = err.Error()
@@ -240,7 +395,7 @@ func one(ctx context.Context, o Options, sp spec) (s sample) {
 		return s
 	}
 	var text strings.Builder
-	last := t0
+	last := time.Now()
 	done := false
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -308,6 +463,9 @@ type chunk struct {
 
 func summarize(o Options, obs []sample, measured time.Time, elapsed time.Duration) *Result {
 	r := &Result{Workload: o.Workload, Prefixes: o.Prefixes, Model: o.Model, Concurrency: o.Concurrency, Seconds: elapsed.Seconds(), Nodes: map[string]int{}}
+	if o.Rate > 0 {
+		r.Rate, r.MaxInFlight = o.Rate, o.MaxInFlight
+	}
 	slices.SortStableFunc(obs, func(a, b sample) int { return a.start.Compare(b.start) })
 	var ttft, itl []time.Duration
 	var ttftSum time.Duration
@@ -319,6 +477,9 @@ func summarize(o Options, obs []sample, measured time.Time, elapsed time.Duratio
 			continue
 		}
 		r.Requests++
+		if s.delayed {
+			r.Delayed++
+		}
 		if s.err != "" {
 			r.Errors++
 			if len(r.ErrorSamples) < 5 {

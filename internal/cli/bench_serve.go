@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/npumesh/npumesh/internal/bench"
 	"github.com/npumesh/npumesh/internal/engine"
@@ -51,9 +52,10 @@ func newBenchServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.APIKey, "api-key", os.Getenv("NPUMESH_API_KEY"), "API key (default $NPUMESH_API_KEY)")
 	f.StringVar(&o.Model, "model", "", "model id (default: the first the API lists)")
 	f.StringVar(&o.Workload, "workload", bench.SharedPrefix, "workload: "+strings.Join(bench.Workloads, ", "))
-	f.IntVar(&o.Concurrency, "concurrency", 8, "requests in flight at once")
+	f.IntVar(&o.Concurrency, "concurrency", 8, "closed loop: clients, each sending its next request when its last ends (also the warmup's, with --rate)")
 	f.DurationVar(&o.Duration, "duration", 30*time.Second, "how long to send requests")
-	f.DurationVar(&o.Warmup, "warmup", 0, "send the workload this long first, counting none of it (fills the caches)")
+	f.DurationVar(&o.Warmup, "warmup", 0, "send the workload this long first (a closed loop), counting none of it (fills the caches)")
+	openLoopFlags(f, &o)
 	f.IntVar(&o.PrefixWords, "prefix-words", 150, "length of the shared prompts in words")
 	f.IntVar(&o.Prefixes, "prefixes", 16, "number of distinct shared prompts")
 	f.IntVar(&o.MaxTokens, "max-tokens", 16, "completion length")
@@ -61,9 +63,28 @@ func newBenchServeCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// openLoopFlags adds the open-loop options to a command.
+func openLoopFlags(f *pflag.FlagSet, o *bench.Options) {
+	f.Float64Var(&o.Rate, "rate", 0, "open loop: Poisson arrivals at this many requests/s, whether or not earlier ones are done (0: closed loop of --concurrency clients)")
+	f.IntVar(&o.MaxInFlight, "max-in-flight", 64, "open loop: at most this many requests in flight; an arrival that finds them all busy waits (and its wait counts in its TTFT)")
+	f.Uint64Var(&o.Seed, "seed", 1, "seed of the prompts and of the arrival times (the same seed: the same load)")
+	f.DurationVar(&o.Drain, "drain", 30*time.Second, "after --duration, wait at most this long for requests in flight, then cancel them (counted as errors)")
+}
+
+// loadName describes a result's load.
+func loadName(r *bench.Result) string {
+	if r.Rate > 0 {
+		return fmt.Sprintf("open loop, Poisson %.2f req/s (max %d in flight)", r.Rate, r.MaxInFlight)
+	}
+	return fmt.Sprintf("closed loop, concurrency %d", r.Concurrency)
+}
+
 func printBench(w io.Writer, r *bench.Result) {
-	fmt.Fprintf(w, "workload      %s (%d shared prompts) on %s, concurrency %d, %.1fs\n", r.Workload, r.Prefixes, r.Model, r.Concurrency, r.Seconds)
-	fmt.Fprintf(w, "requests      %d (%d errors)\n", r.Requests, r.Errors)
+	fmt.Fprintf(w, "workload      %s (%d shared prompts) on %s, %s, %.1fs\n", r.Workload, r.Prefixes, r.Model, loadName(r), r.Seconds)
+	fmt.Fprintf(w, "requests      %d (%d errors), %.2f/s\n", r.Requests, r.Errors, float64(r.Requests)/max(r.Seconds, 1e-9))
+	if r.Rate > 0 {
+		fmt.Fprintf(w, "bound         %d arrivals waited for a free slot, %d never sent\n", r.Delayed, r.Unsent)
+	}
 	for _, e := range r.ErrorSamples {
 		fmt.Fprintf(w, "  error: %s\n", e)
 	}
@@ -82,6 +103,14 @@ func writeJSON(path string, v any) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// policyLoad is one load level of bench policies: a closed loop (Rate 0)
+// or an open loop at Rate, Fraction of round-robin's measured capacity.
+type policyLoad struct {
+	Fraction float64                    `json:"fraction,omitempty"`
+	Rate     float64                    `json:"rate"`
+	Results  map[string][]*bench.Result `json:"results"`
+}
+
 func newBenchPoliciesCmd(g *globals) *cobra.Command {
 	var (
 		nodes      int
@@ -93,18 +122,27 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 		threads    int
 		dim, layer int
 		rounds1    int
+		fractions  []float64
+		probe      time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "policies [--nodes 4] [--policies round-robin,...] [--duration D] [--concurrency C]",
+		Use:   "policies [--nodes 4] [--policies round-robin,...] [--duration D] [--concurrency C | --rate R | --rate-fraction F,...]",
 		Short: "Start a local cluster per routing policy and run the same shared-prefix load against each",
 		Long: "policies starts `npumesh up` with a synthetic model (big enough that prefill dominates the time to first\n" +
 			"token) once per routing policy, runs the same workload against each, and prints each policy's numbers\n" +
-			"and their ratio to round-robin. Each policy starts with cold caches.",
+			"and their ratio to round-robin. Each policy starts with cold caches.\n\n" +
+			"The load is a closed loop of --concurrency clients (it measures capacity: the cluster is saturated), or\n" +
+			"with --rate an open loop of Poisson arrivals (it measures latency at a given load). --rate-fraction\n" +
+			"first measures round-robin's closed-loop capacity (--probe-duration) and runs each fraction of it,\n" +
+			"0 meaning the closed loop; rounds interleave the loads and the policies.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := g.logger()
 			if err != nil {
 				return err
+			}
+			if len(policies) == 0 {
+				return fmt.Errorf("no policies")
 			}
 			if dataDir == "" {
 				if dataDir, err = os.MkdirTemp("", "npumesh-bench-"); err != nil {
@@ -134,42 +172,70 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer closeModel()
-			// Rounds interleave the policies, so that the machine's other
-			// load hits each of them alike; ratios are taken within a round.
-			var rounds [][]*bench.Result
-			for round := 0; round < max(rounds1, 1); round++ {
-				var results []*bench.Result
-				for _, p := range policies {
-					log.Info("benchmarking policy", "policy", p, "round", round+1)
-					r, err := benchPolicy(c.Context(), exe, dataDir, modelPath, p, nodes, threads, o)
-					if err != nil {
-						return fmt.Errorf("policy %s: %w", p, err)
-					}
-					if r.Oracle, err = bench.Oracle(oo, r.Log); err != nil {
-						return fmt.Errorf("policy %s: oracle: %w", p, err)
-					}
-					if r.Oracle.Mismatched > 0 {
-						log.Warn("the oracle's token counts differ from the nodes'", "requests", r.Oracle.Mismatched)
-					}
-					results = append(results, r)
+			loads := []*policyLoad{{Rate: o.Rate}}
+			capacity := 0.0
+			if len(fractions) > 0 {
+				// The capacity probe: round-robin in a closed loop, after
+				// the same warmup; the open loops run at fractions of it.
+				po := o
+				po.Rate, po.Duration = 0, probe
+				log.Info("measuring round-robin's closed-loop capacity", "duration", probe)
+				r, err := benchPolicy(c.Context(), exe, dataDir, modelPath, route.PolicyRoundRobin, nodes, threads, po)
+				if err != nil {
+					return fmt.Errorf("capacity probe: %w", err)
 				}
-				if len(rounds) > 0 {
-					fmt.Fprintf(g.stdout, "\nround %d\n", round+1)
+				capacity = float64(r.Requests-r.Errors) / r.Seconds
+				fmt.Fprintf(g.stdout, "capacity probe: round-robin, closed loop of %d clients, %.0fs: %.2f requests/s (%d of %d ok), %.1f tok/s, TTFT mean %.1f ms\n",
+					r.Concurrency, r.Seconds, capacity, r.Requests-r.Errors, r.Requests, r.OutputTokS, r.TTFTMean)
+				if capacity <= 0 {
+					return fmt.Errorf("capacity probe: no request succeeded")
 				}
-				printPolicies(g.stdout, policies, results)
-				rounds = append(rounds, results)
+				loads = nil
+				for _, f := range fractions {
+					if f < 0 {
+						return fmt.Errorf("bad --rate-fraction %v", f)
+					}
+					loads = append(loads, &policyLoad{Fraction: f, Rate: f * capacity})
+				}
 			}
-			if len(rounds) > 1 {
-				printRatioSummary(g.stdout, policies, rounds)
+			for _, l := range loads {
+				l.Results = map[string][]*bench.Result{}
+			}
+			// Rounds interleave the loads and the policies, so that the
+			// machine's other load hits each of them alike; ratios are taken
+			// within a round.
+			rounds := make([][][]*bench.Result, len(loads)) // [load][round][policy]
+			for round := 0; round < max(rounds1, 1); round++ {
+				for li, l := range loads {
+					lo := o
+					lo.Rate = l.Rate
+					var results []*bench.Result
+					for _, p := range policies {
+						log.Info("benchmarking policy", "policy", p, "round", round+1, "rate", l.Rate)
+						r, err := benchPolicy(c.Context(), exe, dataDir, modelPath, p, nodes, threads, lo)
+						if err != nil {
+							return fmt.Errorf("policy %s: %w", p, err)
+						}
+						if r.Oracle, err = bench.Oracle(oo, r.Log); err != nil {
+							return fmt.Errorf("policy %s: oracle: %w", p, err)
+						}
+						if r.Oracle.Mismatched > 0 {
+							log.Warn("the oracle's token counts differ from the nodes'", "requests", r.Oracle.Mismatched)
+						}
+						results = append(results, r)
+						l.Results[p] = append(l.Results[p], r)
+					}
+					fmt.Fprintf(g.stdout, "\nround %d, %s\n", round+1, loadLabel(l))
+					printPolicies(g.stdout, policies, results)
+					rounds[li] = append(rounds[li], results)
+				}
+			}
+			for li, l := range loads {
+				fmt.Fprintf(g.stdout, "\n%s\n", loadLabel(l))
+				printRatioSummary(g.stdout, policies, rounds[li])
 			}
 			if jsonOut != "" {
-				out := map[string][]*bench.Result{}
-				for _, results := range rounds {
-					for i, p := range policies {
-						out[p] = append(out[p], results[i])
-					}
-				}
-				return writeJSON(jsonOut, out)
+				return writeJSON(jsonOut, map[string]any{"capacity_req_s": capacity, "loads": loads})
 			}
 			return nil
 		},
@@ -178,9 +244,12 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 	f.IntVar(&nodes, "nodes", 4, "node daemons in the local cluster")
 	f.StringSliceVar(&policies, "policies", []string{route.PolicyRoundRobin, route.PolicyLeastOutstanding, route.PolicyP2C, route.PolicyPrefix, route.PolicyComposite}, "policies to compare (round-robin first: it is the baseline)")
 	f.StringVar(&o.Workload, "workload", bench.SharedPrefix, "workload: "+strings.Join(bench.Workloads, ", "))
-	f.IntVar(&o.Concurrency, "concurrency", 8, "requests in flight at once")
+	f.IntVar(&o.Concurrency, "concurrency", 8, "closed loop: clients, each sending its next request when its last ends (also the warmup's and the capacity probe's)")
 	f.DurationVar(&o.Duration, "duration", 20*time.Second, "load duration per policy")
-	f.DurationVar(&o.Warmup, "warmup", 10*time.Second, "load before the measured duration, per policy (fills the caches; not counted)")
+	f.DurationVar(&o.Warmup, "warmup", 10*time.Second, "closed-loop load before the measured duration, per policy (fills the caches; not counted)")
+	openLoopFlags(f, &o)
+	f.Float64SliceVar(&fractions, "rate-fraction", nil, "open loops at these fractions of round-robin's closed-loop capacity, measured first (0: the closed loop); overrides --rate")
+	f.DurationVar(&probe, "probe-duration", 15*time.Second, "measured duration of the capacity probe (after --warmup)")
 	f.IntVar(&o.PrefixWords, "prefix-words", 100, "length of the shared prompts in words")
 	f.IntVar(&o.Prefixes, "prefixes", 64, "number of distinct shared prompts (64 of 100 words: about 2.3 nodes' KV cache, 60% of 4 nodes')")
 	f.IntVar(&o.MaxTokens, "max-tokens", 8, "completion length")
@@ -194,35 +263,50 @@ func newBenchPoliciesCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+func loadLabel(l *policyLoad) string {
+	if l.Rate <= 0 {
+		return "closed loop (saturation)"
+	}
+	if l.Fraction > 0 {
+		return fmt.Sprintf("open loop at %.2f req/s (%.2f of round-robin's closed-loop capacity)", l.Rate, l.Fraction)
+	}
+	return fmt.Sprintf("open loop at %.2f req/s", l.Rate)
+}
+
+// ratioStats is the median and range of per-round ratios.
+func ratioStats(v []float64) string {
+	if len(v) == 0 {
+		return "-"
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	m := v[len(v)/2]
+	if len(v)%2 == 0 {
+		m = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return fmt.Sprintf("%.2f [%.2f, %.2f]", m, v[0], v[len(v)-1])
+}
+
 // printRatioSummary prints, per policy, the median and range over rounds of
 // its ratios to the first policy's numbers in the same round.
 func printRatioSummary(w io.Writer, policies []string, rounds [][]*bench.Result) {
-	fmt.Fprintf(w, "\nover %d rounds, ratios against %s in the same round: median [min, max]\n\n", len(rounds), policies[0])
-	fmt.Fprintf(w, "%-18s %-24s %-24s %-24s\n", "policy", "TTFT mean", "tok/s", "cached/oracle")
-	med := func(v []float64) string {
-		slices.Sort(v)
-		m := v[len(v)/2]
-		if len(v)%2 == 0 {
-			m = (v[len(v)/2-1] + v[len(v)/2]) / 2
-		}
-		return fmt.Sprintf("%.2f [%.2f, %.2f]", m, v[0], v[len(v)-1])
-	}
+	fmt.Fprintf(w, "over %d round(s), ratios against %s in the same round: median [min, max]\n\n", len(rounds), policies[0])
+	fmt.Fprintf(w, "%-18s %-20s %-20s %-20s %-20s %-20s\n", "policy", "TTFT mean", "TTFT p50", "TTFT p99", "tok/s", "cached/oracle")
 	for i, p := range policies {
-		var ttft, tok, hit []float64
+		var mean, p50, p99, tok, hit []float64
 		for _, rs := range rounds {
 			base, r := rs[0], rs[i]
-			if base.TTFTMean > 0 && base.OutputTokS > 0 {
-				ttft = append(ttft, r.TTFTMean/base.TTFTMean)
+			if base.TTFTMean > 0 && base.TTFT.P50 > 0 && base.TTFT.P99 > 0 && base.OutputTokS > 0 {
+				mean = append(mean, r.TTFTMean/base.TTFTMean)
+				p50 = append(p50, r.TTFT.P50/base.TTFT.P50)
+				p99 = append(p99, r.TTFT.P99/base.TTFT.P99)
 				tok = append(tok, r.OutputTokS/base.OutputTokS)
 			}
 			if r.Oracle != nil && r.Oracle.HitRate > 0 {
 				hit = append(hit, r.CacheHitRate/r.Oracle.HitRate)
 			}
 		}
-		if len(ttft) == 0 || len(hit) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "%-18s %-24s %-24s %-24s\n", p, med(ttft), med(tok), med(hit))
+		fmt.Fprintf(w, "%-18s %-20s %-20s %-20s %-20s %-20s\n", p, ratioStats(mean), ratioStats(p50), ratioStats(p99), ratioStats(tok), ratioStats(hit))
 	}
 }
 
@@ -329,7 +413,7 @@ func printPolicies(w io.Writer, policies []string, rs []*bench.Result) {
 		}
 		return fmt.Sprintf("%.2fx", a/b)
 	}
-	fmt.Fprintf(w, "%s workload (%d shared prompts), concurrency %d, %.0fs per policy; ratios against %s\n", base.Workload, base.Prefixes, base.Concurrency, base.Seconds, policies[0])
+	fmt.Fprintf(w, "%s workload (%d shared prompts), %s, %.0fs per policy; ratios against %s\n", base.Workload, base.Prefixes, loadName(base), base.Seconds, policies[0])
 	fmt.Fprintf(w, "oracle: the hit rate of a router that knows every node's cache at once (LRU nodes of the real capacity), on the same requests; bound: any earlier request's blocks reusable\n\n")
 	fmt.Fprintf(w, "%-18s %9s %9s %9s %9s %9s %8s %8s %8s %7s %6s %9s %9s %9s\n", "policy", "TTFT mean", "TTFT p50", "TTFT p99", "ITL p50", "tok/s", "cached", "oracle", "bound", "errors", "reqs", "TTFT mean", "tok/s", "cached/")
 	fmt.Fprintf(w, "%-18s %9s %9s %9s %9s %9s %8s %8s %8s %7s %6s %9s %9s %9s\n", "", "ms", "ms", "ms", "ms", "", "", "", "", "", "", "ratio", "ratio", "oracle")
@@ -347,5 +431,12 @@ func printPolicies(w io.Writer, policies []string, rs []*bench.Result) {
 		fmt.Fprintf(w, "%-18s %9.1f %9.1f %9.1f %9.1f %9.1f %7.1f%% %8s %8s %7d %6d %9s %9s %9s\n", policies[i], r.TTFTMean, r.TTFT.P50, r.TTFT.P99, r.ITL.P50, r.OutputTokS,
 			100*r.CacheHitRate, pct(r.Oracle, func(o *bench.OracleResult) float64 { return o.HitRate }), pct(r.Oracle, func(o *bench.OracleResult) float64 { return o.BoundHitRate }),
 			r.Errors, r.Requests, ratio(r.TTFTMean, base.TTFTMean), ratio(r.OutputTokS, base.OutputTokS), vs)
+	}
+	if base.Rate > 0 {
+		fmt.Fprintf(w, "in-flight bound %d: arrivals that waited for it / never sent:", base.MaxInFlight)
+		for i, r := range rs {
+			fmt.Fprintf(w, " %s %d/%d", policies[i], r.Delayed, r.Unsent)
+		}
+		fmt.Fprintln(w)
 	}
 }
