@@ -160,11 +160,16 @@ func TestAdmissionLimitsAndTimeout(t *testing.T) {
 	}
 	cancel()
 
-	// A request longer than the timeout ends with 504 (non-streamed).
 	if !WaitFor(3*time.Second, func() bool { return b.CacheStats().InUse == 0 }) {
 		t.Fatal("the cancelled stream did not end")
 	}
-	r3, err := http.Post(api+"/v1/completions", "application/json", strings.NewReader(`{"model":"synth","prompt":"hello","max_tokens":1000,"temperature":0}`))
+
+	// A request longer than the timeout ends with 504 (non-streamed). Its
+	// own cluster has a 200 ms timeout, several times less than 1000
+	// tokens take on this model (about 1 s or more), so it does not
+	// depend on how fast the engine got.
+	slow := admissionCluster(t, coordinator.Config{RequestTimeout: 200 * time.Millisecond}, []*node.Builtin{loadSynth(t)})
+	r3, err := http.Post(slow+"/v1/completions", "application/json", strings.NewReader(`{"model":"synth","prompt":"hello","max_tokens":1000,"temperature":0}`))
 	if err != nil {
 		t.Fatal(err)
 	}

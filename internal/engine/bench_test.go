@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -151,8 +152,9 @@ func BenchmarkDecodeStep(b *testing.B) {
 
 // BenchmarkDecodeFile is BenchmarkDecodeStep on the GGUF file named by
 // $NPUMESH_BENCH_MODEL (say a 1B model from `npumesh model synth`), with
-// $NPUMESH_BENCH_QUANTIZE as Options.Quantize, at position 128 with all
-// cores; skipped without the variable. It is what profiles the engine on a
+// $NPUMESH_BENCH_QUANTIZE as Options.Quantize, at position
+// $NPUMESH_BENCH_POS (default 128) with all cores; skipped without the
+// variable. It is what profiles the engine on a
 // model of real size:
 //
 //	NPUMESH_BENCH_MODEL=q4_0.gguf go test -run - -bench DecodeFile -cpuprofile cpu.out ./internal/engine
@@ -167,8 +169,14 @@ func BenchmarkDecodeFile(b *testing.B) {
 	}
 	defer m.Close()
 	b.Logf("%s: %s, %.0f MiB read per step", m.Info().ID, m.Info().Quantization, float64(m.StepWeightBytes())/(1<<20))
+	pos := 128
+	if s := os.Getenv("NPUMESH_BENCH_POS"); s != "" {
+		if pos, err = strconv.Atoi(s); err != nil || pos < 0 {
+			b.Fatalf("NPUMESH_BENCH_POS=%q: want a position", s)
+		}
+	}
 	for _, n := range []int{1, 8} {
-		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) { benchDecode(b, m, n, 128) })
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) { benchDecode(b, m, n, pos) })
 	}
 }
 
@@ -186,12 +194,20 @@ func benchDecode(b *testing.B, m *Model, n, pos int) {
 	}
 	var bt batch
 	b.ReportAllocs()
+	cpu0 := processCPU()
 	for b.Loop() {
 		bt.reset()
 		for j, kv := range kvs {
 			bt.add(int32(3+j), pos, kv, true)
 		}
 		m.forward(&bt)
+	}
+	// The CPU time per step (all threads; the machine may be shared, so
+	// this is steadier than the wall clock) and the rate it would give
+	// if the process had its threads' cores to itself.
+	if cpu := processCPU() - cpu0; cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+		b.ReportMetric(float64(n*b.N)*float64(m.threads)/cpu.Seconds(), "tok/cpu-s")
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tok/s")
 	b.ReportMetric(float64(m.StepWeightBytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "weightGB/s")

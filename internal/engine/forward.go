@@ -223,10 +223,7 @@ func (m *Model) forward(b *batch) {
 		}
 		matmulBatch(b.hb, &l.gate, b.xn, n, pool)
 		matmulBatch(b.hb2, &l.up, b.xn, n, pool)
-		for i, g := range b.hb {
-			// SwiGLU: silu(gate) * up.
-			b.hb[i] = g / (1 + float32(math.Exp(float64(-g)))) * b.hb2[i]
-		}
+		m.split(len(b.hb), swigluMin, func(lo, hi int) { swiglu(b.hb[lo:hi], b.hb2[lo:hi]) })
 		matmulBatch(b.tmp, &l.down, b.hb, n, pool)
 		add(b.x[:n*dim], b.tmp[:n*dim])
 	}
@@ -266,7 +263,7 @@ func (m *Model) attention(b *batch, li int) {
 		b.scratch = append(b.scratch, nil)
 	}
 	run := func(wi, lo, hi int) {
-		att := grow(b.scratch[wi], group*(maxPos+1+max(m.cache.BlockSize(), m.hp.HeadDim)+m.cache.BlockSize()))
+		att := grow(b.scratch[wi], attendScratch(group, m.hp.HeadDim, maxPos+1))
 		b.scratch[wi] = att
 		for t := lo; t < hi; t++ {
 			m.attendGroup(b, li, t/kvHeads, t%kvHeads, att)
@@ -287,12 +284,24 @@ func (m *Model) attention(b *batch, li int) {
 	wg.Wait()
 }
 
+// attendScratch is the scratch attendGroup needs for n positions.
+func attendScratch(group, hd, n int) int {
+	np := (n + 7) &^ 7
+	return group*np + hd*np
+}
+
 // attendGroup is KV head g of row i for each query head h that shares it:
-// softmax(q_h·K/sqrt(hd))·V over the row's positions, walking the
-// sequence's blocks in order, a kernels.MatMul per block for the scores
-// and one for the weighted values (the group's heads as its vectors).
-// MatMul gives each vector what it gives it alone, so a head's result
-// does not depend on the others, nor on the rest of the batch.
+// softmax(q_h·K/sqrt(hd))·V over the row's positions. The head's keys of
+// every block are gathered into one np×hd matrix (np: the positions
+// rounded up to 8, the extra rows zero) and multiplied by the group's
+// queries in one kernels.MatMul; then its values, stored transposed in
+// the blocks, are gathered into one hd×np matrix and multiplied by the
+// group's weights (zero past the last position) in another. Two long
+// products instead of two per block: the kernels' per-call and per-row
+// costs (a horizontal sum per row and vector) were most of the time with
+// 16-position blocks. MatMul gives each vector what it gives it alone, so
+// a head's result does not depend on the others, nor on the rest of the
+// batch.
 func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	hp := &m.hp
 	hd, qDim := hp.HeadDim, hp.QDim()
@@ -301,48 +310,51 @@ func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	p := b.pos[i]
 	n := p + 1
+	np := (n + 7) &^ 7
 	kv := b.kv[i]
 	q := b.q[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
-	att, sc := scratch[:group*n], scratch[group*n:group*n+group*max(bs, hd)]
+	att, kt := scratch[:group*np], scratch[group*np:group*np+hd*np]
 	off := g * bs * hd // this head's part of a block
 	for t0 := 0; t0 < n; t0 += bs {
-		// The block's keys of this head are a rows×hd F32 matrix and
-		// the group's queries group vectors: one kernels product.
 		rows := min(bs, n-t0)
-		keys := kv.Block(t0 / bs).K(li)[off : off+rows*hd]
-		kernels.MatMul(sc, f32Bytes(keys), gguf.TypeF32, rows, hd, q, group, nil)
-		for h := range group {
-			for j, s := range sc[h*rows : (h+1)*rows] {
-				att[h*n+t0+j] = s * scale
+		copy(kt[t0*hd:(t0+rows)*hd], kv.Block(t0 / bs).K(li)[off:off+rows*hd])
+	}
+	clear(kt[n*hd : np*hd])
+	kernels.MatMul(att, f32Bytes(kt), gguf.TypeF32, np, hd, q, group, nil)
+	for h := range group {
+		a := att[h*np : (h+1)*np]
+		scaledSoftmax(a[:n], scale)
+		clear(a[n:])
+	}
+	// The values: row d of vt is dimension d at every position.
+	vt := kt
+	for t0 := 0; t0 < n; t0 += bs {
+		rows := min(bs, n-t0)
+		vals := kv.Block(t0 / bs).V(li)[off : off+hd*bs]
+		if rows == 16 && bs == 16 {
+			for d := range hd {
+				// Element by element: Go copies arrays (and copy()
+				// slices) with a call to memmove, which costs more
+				// than 64 bytes' moves.
+				o, v := (*[16]float32)(vt[d*np+t0:]), (*[16]float32)(vals[d*16:])
+				o[0], o[1], o[2], o[3] = v[0], v[1], v[2], v[3]
+				o[4], o[5], o[6], o[7] = v[4], v[5], v[6], v[7]
+				o[8], o[9], o[10], o[11] = v[8], v[9], v[10], v[11]
+				o[12], o[13], o[14], o[15] = v[12], v[13], v[14], v[15]
 			}
+			continue
+		}
+		for d := range hd {
+			copy(vt[d*np+t0:d*np+t0+rows], vals[d*bs:d*bs+rows])
 		}
 	}
-	for h := range group {
-		softmax(att[h*n : (h+1)*n])
+	if n < np {
+		for d := range hd {
+			clear(vt[d*np+n : (d+1)*np])
+		}
 	}
 	out := b.ao[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
-	clear(out)
-	// A full block's values of this head are an hd×bs matrix (stored
-	// transposed), multiplied by the group's weights for the block as
-	// group vectors; the last, partial block is summed here.
-	xa := scratch[group*n+group*max(bs, hd):][:group*bs]
-	for t0 := 0; t0 < n; t0 += bs {
-		vals := kv.Block(t0 / bs).V(li)[off : off+hd*bs]
-		if rows := n - t0; rows < bs {
-			for h := range group {
-				a, o := att[h*n+t0:h*n+n], out[h*hd:(h+1)*hd]
-				for d := range o {
-					o[d] += dotF32(a, vals[d*bs:d*bs+rows])
-				}
-			}
-			break
-		}
-		for h := range group {
-			copy(xa[h*bs:(h+1)*bs], att[h*n+t0:h*n+t0+bs])
-		}
-		kernels.MatMul(sc, f32Bytes(vals), gguf.TypeF32, hd, bs, xa, group, nil)
-		add(out, sc[:group*hd])
-	}
+	kernels.MatMul(out, f32Bytes(vt), gguf.TypeF32, hd, np, att, group, nil)
 }
 
 // axpy sets y += a·x.
@@ -365,54 +377,130 @@ func axpy(y []float32, a float32, x []float32) {
 // cos/sin, over the first 2*len(cos) dimensions of each head.
 func rope(x []float32, hd int, style arch.RopeStyle, cos, sin []float32) {
 	half := len(cos)
+	sin = sin[:half]
 	for h := 0; h+hd <= len(x); h += hd {
 		head := x[h : h+hd]
-		for i := range half {
-			a, b := 2*i, 2*i+1
-			if style == arch.RopeNeoX {
-				a, b = i, i+half
+		if style == arch.RopeNeoX {
+			lo, hi := head[:half], head[half:2*half]
+			for i, c := range cos {
+				x0, x1 := lo[i], hi[i]
+				lo[i] = x0*c - x1*sin[i]
+				hi[i] = x0*sin[i] + x1*c
 			}
-			x0, x1 := head[a], head[b]
-			head[a] = x0*cos[i] - x1*sin[i]
-			head[b] = x0*sin[i] + x1*cos[i]
+			continue
+		}
+		pairs := head[:2*half]
+		for i, c := range cos {
+			p := pairs[2*i : 2*i+2 : 2*i+2]
+			x0, x1 := p[0], p[1]
+			p[0] = x0*c - x1*sin[i]
+			p[1] = x0*sin[i] + x1*c
 		}
 	}
 }
 
-// rmsNorm sets out = x / rms(x) * w. out may be x.
+// rmsNorm sets out = x / rms(x) * w. out may be x. The sum of squares
+// takes four running sums, as dotF32 does.
 func rmsNorm(out, x, w []float32, eps float32) {
-	var ss float32
-	for _, v := range x {
-		ss += v * v
-	}
+	ss := dotF32(x, x)
 	ss = ss/float32(len(x)) + eps
 	inv := float32(1 / math.Sqrt(float64(ss)))
+	out, w = out[:len(x)], w[:len(x)]
 	for i, v := range x {
 		out[i] = w[i] * (inv * v)
 	}
 }
 
 // softmax normalizes x in place, subtracting the maximum for stability.
-func softmax(x []float32) {
-	mx := x[0]
-	for _, v := range x[1:] {
-		mx = max(mx, v)
+func softmax(x []float32) { scaledSoftmax(x, 1) }
+
+// scaledSoftmax sets x to softmax(scale·x), scale > 0.
+func scaledSoftmax(x []float32, scale float32) {
+	// The maximum in four running maxima: max's NaN and ±0 handling
+	// costs branches in the loop, and the order does not change it.
+	m0, m1, m2, m3 := x[0], x[0], x[0], x[0]
+	i := 0
+	for ; i+4 <= len(x); i += 4 {
+		x4 := x[i : i+4 : i+4]
+		if x4[0] > m0 {
+			m0 = x4[0]
+		}
+		if x4[1] > m1 {
+			m1 = x4[1]
+		}
+		if x4[2] > m2 {
+			m2 = x4[2]
+		}
+		if x4[3] > m3 {
+			m3 = x4[3]
+		}
 	}
-	var sum float32
+	for ; i < len(x); i++ {
+		m0 = max(m0, x[i])
+	}
+	mx := max(m0, m1, m2, m3)
 	for i, v := range x {
-		e := float32(math.Exp(float64(v - mx)))
-		x[i] = e
-		sum += e
+		x[i] = (v - mx) * scale
 	}
+	expInPlace(x)
+	var s0, s1, s2, s3 float32
+	i = 0
+	for ; i+4 <= len(x); i += 4 {
+		x4 := x[i : i+4 : i+4]
+		s0 += x4[0]
+		s1 += x4[1]
+		s2 += x4[2]
+		s3 += x4[3]
+	}
+	for ; i < len(x); i++ {
+		s0 += x[i]
+	}
+	inv := 1 / ((s0 + s1) + (s2 + s3))
 	for i := range x {
-		x[i] /= sum
+		x[i] *= inv
 	}
 }
 
+// add sets dst += src, element by element.
 func add(dst, src []float32) {
-	for i, v := range src {
-		dst[i] += v
+	dst = dst[:len(src)]
+	i := 0
+	for ; i+8 <= len(src); i += 8 {
+		d, s := (*[8]float32)(dst[i:i+8]), (*[8]float32)(src[i:i+8])
+		d[0] += s[0]
+		d[1] += s[1]
+		d[2] += s[2]
+		d[3] += s[3]
+		d[4] += s[4]
+		d[5] += s[5]
+		d[6] += s[6]
+		d[7] += s[7]
 	}
+	for ; i < len(src); i++ {
+		dst[i] += src[i]
+	}
+}
+
+// swigluMin is the number of SwiGLU elements below which a step does them
+// on the calling goroutine (about 30 µs of work per extra goroutine).
+const swigluMin = 8192
+
+// split runs fn over [0,n) in up to m.threads contiguous chunks of at
+// least minChunk, on goroutines of their own, and waits for them; fn must
+// compute each index the same way whatever the chunk.
+func (m *Model) split(n, minChunk int, fn func(lo, hi int)) {
+	workers := min(m.threads, n/max(minChunk, 1))
+	if workers <= 1 {
+		fn(0, n)
+		return
+	}
+	chunk := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := chunk; lo < n; lo += chunk {
+		wg.Go(func() { fn(lo, min(lo+chunk, n)) })
+	}
+	fn(0, min(chunk, n))
+	wg.Wait()
 }
 
 // dotF32 sums with four accumulators, which lets the CPU overlap the
@@ -437,4 +525,92 @@ func dotF32(w, x []float32) float32 {
 // f32Bytes views x as the little-endian bytes kernels takes for F32.
 func f32Bytes(x []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 4*len(x))
+}
+
+// swiglu sets h = silu(h)·u, silu(g) = g/(1+e^-g), element by element,
+// as g·u/(1+e^-g).
+func swiglu(h, u []float32) {
+	u = u[:len(h)]
+	for i, g := range h {
+		var e float32
+		if v := -g; v >= expLo && v <= expHi {
+			e = expJoin(expSplit(v))
+		} else {
+			e = expf(v)
+		}
+		h[i] = g * u[i] / (1 + e)
+	}
+}
+
+// expf is e^x; see expInPlace.
+func expf(x float32) float32 {
+	a := [1]float32{x}
+	expInPlace(a[:])
+	return a[0]
+}
+
+// expCore's range: e^x is a normal float32 and 2^k below 2^128.
+const (
+	expLo = -87.33654
+	expHi = 88.37626
+)
+
+// expCore is e^x for expLo ≤ x ≤ expHi, Cephes' expf: x = k·ln2 + r with
+// |r| ≤ ln2/2 (ln2 split in two so that k·ln2hi is exact), e^r by
+// Cephes' degree-7 polynomial, times 2^k built from its bits. It is
+// within 2 ulp of e^x (TestExpf). About a third of math.Exp's time with
+// the float64 round trip, and the same bits for the same x wherever it is
+// called, so a batch's rows stay independent of each other. The loops
+// (swiglu, expInPlace) call expJoin(expSplit(x)), which Go inlines (the
+// whole is over its inlining budget): no call per element.
+func expCore(x float32) float32 { return expJoin(expSplit(x)) }
+
+// expSplit is expCore's range reduction: t = k + 1.5·2^23 (the integer k
+// in t's low mantissa bits) and r = x − k·ln2.
+func expSplit(x float32) (t, r float32) {
+	const (
+		log2e = 1.44269504088896341
+		ln2hi = 0.693359375
+		ln2lo = -2.12194440e-4
+		// Adding and subtracting 1.5·2^23 rounds a float32 of magnitude
+		// below 2^22 to an integer (to even).
+		round = 12582912
+	)
+	t = x*log2e + round
+	kf := t - round
+	return t, x - kf*ln2hi - kf*ln2lo
+}
+
+// expJoin is e^r·2^k for expSplit's t and r.
+func expJoin(t, r float32) float32 {
+	// e^r = 1 + r + r²·P(r), P evaluated by Estrin's scheme (pairs of
+	// terms in parallel) rather than Horner's: the loops are bound by
+	// the latency of the chain, not by the count of operations.
+	r2 := r * r
+	y := (r + 1) + r2*((5.0000001201e-1+1.6666665459e-1*r)+r2*((4.1665795894e-2+8.3334519073e-3*r)+r2*(1.3981999507e-3+1.9875691500e-4*r)))
+	// 2^k: the low bits of t hold k + 2^22 (t's exponent is 2^23's).
+	return y * math.Float32frombits(math.Float32bits(t)<<23-expBias)
+}
+
+// expBias is (t's bits − 2^k's bits) << 23 for expCore's t = k + 1.5·2^23.
+const expBias = (0x4b400000 - 127) << 23 & 0xffffffff
+
+// expInPlace sets each x[i] to e^x[i] (expCore), with results below
+// 2^-126 flushed to 0, above the largest float32 +Inf, and NaN kept.
+func expInPlace(x []float32) {
+	for i, v := range x {
+		if v >= expLo && v <= expHi {
+			x[i] = expJoin(expSplit(v))
+			continue
+		}
+		switch {
+		case v != v:
+		case v < 0:
+			x[i] = 0
+		case v <= 88.72283: // e^v is finite, but 2^k would overflow
+			x[i] = float32(math.Exp(float64(v)))
+		default:
+			x[i] = float32(math.Inf(1))
+		}
+	}
 }
