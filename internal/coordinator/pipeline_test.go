@@ -63,14 +63,7 @@ func TestPlanPipeline(t *testing.T) {
 		if err := c.SetShard("m", ShardSpec{Stages: 2, Activations: "f32"}); err != nil {
 			t.Fatal(err)
 		}
-		pp, err := c.planPipeline(ctx, "m", nil)
-		if err != nil || pp == nil {
-			t.Fatalf("got plan %v, error %v", pp, err)
-		}
-		layers := map[string]int32{}
-		for _, s := range pp.pb.GetStages() {
-			layers[s.GetNode()] = s.GetLayerHi() - s.GetLayerLo()
-		}
+		pp, layers := layersByNode(t, c)
 		if layers["fast"] <= layers["slow"] {
 			t.Errorf("layers %v: the 3x faster node should run more", layers)
 		}
@@ -86,14 +79,7 @@ func TestPlanPipeline(t *testing.T) {
 		c.reg.members["a"].models["m"].LayerSeconds = 0.03
 		c.reg.members["b"].models["m"].LayerSeconds = 0.01
 		c.SetShard("m", ShardSpec{Stages: 2})
-		pp, err := c.planPipeline(ctx, "m", nil)
-		if err != nil || pp == nil {
-			t.Fatalf("got plan %v, error %v", pp, err)
-		}
-		layers := map[string]int32{}
-		for _, s := range pp.pb.GetStages() {
-			layers[s.GetNode()] = s.GetLayerHi() - s.GetLayerLo()
-		}
+		_, layers := layersByNode(t, c)
 		if layers["b"] <= layers["a"] {
 			t.Errorf("layers %v: b, 3x faster per layer, should run more", layers)
 		}
@@ -172,4 +158,19 @@ func TestPlanStable(t *testing.T) {
 			t.Fatalf("plan after %s failed still uses it: %v", dead, p3.pb.GetStages())
 		}
 	}
+}
+
+// layersByNode plans model "m" and returns the plan and each node's number
+// of layers.
+func layersByNode(t *testing.T, c *Coordinator) (*pipelinePlan, map[string]int32) {
+	t.Helper()
+	pp, err := c.planPipeline(context.Background(), "m", nil)
+	if err != nil || pp == nil {
+		t.Fatalf("got plan %v, error %v", pp, err)
+	}
+	layers := map[string]int32{}
+	for _, s := range pp.pb.GetStages() {
+		layers[s.GetNode()] = s.GetLayerHi() - s.GetLayerLo()
+	}
+	return pp, layers
 }
