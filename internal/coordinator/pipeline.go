@@ -169,6 +169,30 @@ func (c *Coordinator) stageHolders(model string, exclude map[string]bool) ([]*me
 	return out, shape
 }
 
+// wholeBytes is what a node needs to serve model mi whole: every layer's
+// weights and one context of KV, the embedding and the head.
+func wholeBytes(mi *pb.ModelInfo) int64 {
+	perLayer := int64(mi.GetLayerBytes()) + int64(mi.GetKvBytesPerLayerToken())*int64(mi.GetContextLength())
+	return int64(mi.GetLayers())*perLayer + int64(mi.GetEmbedBytes()) + int64(mi.GetHeadBytes())
+}
+
+// someNodeHolds reports whether a node that serves model can hold it whole
+// (or does not say how much memory it has), stopping at the first: what
+// decides, for an automatic shard spec, that a request is routed as usual.
+func (c *Coordinator) someNodeHolds(model string) bool {
+	for _, m := range c.reg.list() {
+		m.mu.Lock()
+		mi, ok := m.models[model]
+		free := int64(m.info.GetMemoryAvailableBytes())
+		draining := m.draining
+		m.mu.Unlock()
+		if ok && !draining && (mi.GetLayers() == 0 || free == 0 || free >= wholeBytes(mi)) {
+			return true
+		}
+	}
+	return false
+}
+
 // shardModel is the planner's view of a model.
 func shardModel(mi *pb.ModelInfo) shard.Model {
 	layers := int(mi.GetLayers())
@@ -187,8 +211,8 @@ func shardModel(mi *pb.ModelInfo) shard.Model {
 // the model is served whole. exclude holds nodes that failed as stages.
 func (c *Coordinator) planPipeline(ctx context.Context, model string, exclude map[string]bool) (*pipelinePlan, *openai.Error) {
 	spec := c.shardSpec(model)
-	if spec.Stages == 1 {
-		return nil, nil
+	if spec.Stages == 1 || spec.Stages == 0 && c.someNodeHolds(model) {
+		return nil, nil // the common case, checked without building a plan
 	}
 	holders, shape := c.stageHolders(model, exclude)
 	if shape == nil {
@@ -238,11 +262,7 @@ type cachedPlan struct {
 func (c *Coordinator) makePlan(ctx context.Context, model string, spec ShardSpec, holders []*member, shape *pb.ModelInfo) (*pipelinePlan, *openai.Error) {
 	sm := shardModel(shape)
 	var nodes []shard.Node
-	whole := int64(0)
-	for _, l := range sm.LayerBytes {
-		whole += l + sm.KVBytesPerLayer
-	}
-	whole += sm.EmbedBytes + sm.HeadBytes
+	whole := wholeBytes(shape)
 	fitsOne := false
 	for _, m := range holders {
 		m.mu.Lock()
