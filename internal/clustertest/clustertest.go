@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -165,17 +164,7 @@ func Start(t testing.TB, o Options) *Cluster {
 
 // Stop sends SIGTERM and waits for up to exit (killing it after 30 s).
 func (c *Cluster) Stop() error {
-	select {
-	case <-c.done:
-		return c.waitErr
-	default:
-	}
-	_ = c.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		_ = c.Cmd.Process.Kill()
-		<-c.done
+	if !terminate(c.Cmd, c.done, 30*time.Second) {
 		return fmt.Errorf("npumesh up did not stop within 30s of SIGTERM")
 	}
 	return c.waitErr

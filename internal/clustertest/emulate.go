@@ -156,19 +156,29 @@ func StartDaemon(t testing.TB, name string, cmd *exec.Cmd) *Daemon {
 // Stop sends SIGTERM and waits up to timeout for the process to exit, then
 // kills it. It returns the exit error (nil for a clean exit) or a timeout.
 func (d *Daemon) Stop(timeout time.Duration) error {
+	if !terminate(d.Cmd, d.done, timeout) {
+		return fmt.Errorf("%s did not stop within %s of SIGTERM", d.Name, timeout)
+	}
+	return d.waitErr
+}
+
+// terminate sends cmd SIGTERM unless it has exited (done is closed), kills
+// it if it has not exited within timeout, and waits for done. It reports
+// whether the process stopped in time.
+func terminate(cmd *exec.Cmd, done <-chan struct{}, timeout time.Duration) bool {
 	select {
-	case <-d.done:
-		return d.waitErr
+	case <-done:
+		return true
 	default:
 	}
-	_ = d.Cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-d.done:
-		return d.waitErr
+	case <-done:
+		return true
 	case <-time.After(timeout):
-		_ = d.Cmd.Process.Kill()
-		<-d.done
-		return fmt.Errorf("%s did not stop within %s of SIGTERM", d.Name, timeout)
+		_ = cmd.Process.Kill()
+		<-done
+		return false
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -48,18 +47,7 @@ func StartProcess(t testing.TB, args ...string) *Process {
 // Stop sends SIGTERM and waits (killing after 15 s); it returns the exit
 // status.
 func (p *Process) Stop() error {
-	select {
-	case <-p.done:
-		return p.waitErr
-	default:
-	}
-	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.Cmd.Process.Kill()
-		<-p.done
-	}
+	terminate(p.Cmd, p.done, 15*time.Second)
 	return p.waitErr
 }
 
