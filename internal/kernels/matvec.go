@@ -131,10 +131,22 @@ func grow[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// rowGrain is how many weight bytes one chunk of a parallel product
-// covers: large enough that handing out chunks costs nothing measurable,
-// small enough that two to a few dozen threads balance.
-const rowGrain = 32 << 10
+// chunkWork is the least work (weight bytes times vectors, up to
+// vecTile) that one chunk of a parallel product covers.
+const chunkWork = 512 << 10
+
+// chunkRows is the rows per chunk of a parallel product: a few chunks per
+// thread (so that a thread the shared machine slows takes fewer), a
+// multiple of the thread count (so that none is left with an extra one),
+// and chunks of at least chunkWork. Small chunks cost more than their
+// dispatch: two threads taking alternate 32 KiB chunks of one matrix
+// streamed it at 13-17 GB/s where halves went at 30-35 (q4_0, 4096×4096,
+// this 2-core machine), so each thread should read long runs of rows.
+func chunkRows(rows, rb, n, threads int) int {
+	work := rows * rb * min(n, vecTile)
+	per := min(max(work/(threads*chunkWork), 1), 4)
+	return max(1, (rows+threads*per-1)/(threads*per))
+}
 
 // serialBytes is the product size (weight bytes × vectors) below which
 // the caller does it alone: waking a sleeping worker costs microseconds,
@@ -196,10 +208,7 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	case gguf.TypeQ6_K:
 		kdot, kdot4 = im.q6K, im.q6Kx4
 	}
-	// A chunk of rows is about rowGrain bytes of weights, and fewer rows
-	// when the batch is small but more than one vector, so that a batch
-	// still spreads over every thread.
-	grain := max(1, rowGrain/max(rb, 1)/min(n, vecTile))
+	grain := chunkRows(rows, rb, n, pool.Threads())
 	if rows*rb*n < serialBytes {
 		pool = nil
 	}
@@ -237,8 +246,9 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 }
 
 // vecTile is how many activation vectors a batched product takes per pass
-// over a chunk of rows: 16 vectors of 4096 q8 values (64 KiB) stay in L2
-// while the chunk's rows (rowGrain bytes) stay in L1, whatever n is.
+// over a chunk of rows: 16 vectors of 4096 q8 values (64 KiB) stay in L1
+// and L2 while the rows stream past them, and a batch of more than 16
+// reads the chunk's rows once per pass (from L2 or L3 after the first).
 const vecTile = 16
 
 // rowsLoop returns the body of a parallel product: for the rows [lo,hi)

@@ -453,3 +453,26 @@ func TestQuantizeQ8Asm(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolSpinAndSleep covers both ways a pool waits: a caller whose helper
+// takes longer than spinWait blocks for it, and a worker idle for longer
+// than spinWait sleeps and still takes the next job.
+func TestPoolSpinAndSleep(t *testing.T) {
+	p := NewPool(2)
+	defer p.Close()
+	for rep := range 3 {
+		var ran [2]atomic.Int32
+		p.parallel(2, 1, func(lo, hi int) {
+			if lo == 1 {
+				time.Sleep(3 * spinWait) // whoever runs it, the caller waits past its spin
+			}
+			ran[lo].Add(1)
+		})
+		for i := range ran {
+			if ran[i].Load() != 1 {
+				t.Fatalf("rep %d: chunk %d ran %d times", rep, i, ran[i].Load())
+			}
+		}
+		time.Sleep(3 * spinWait) // the worker sleeps
+	}
+}

@@ -1,8 +1,10 @@
 package kernels
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Pool is a fixed set of worker goroutines that the products split their
@@ -10,6 +12,13 @@ import (
 // goroutine start, so a Pool pays off even for the small matrices of a
 // decode step. A Pool may be used by several goroutines at once; their
 // calls share the workers. A nil *Pool runs everything on the caller.
+//
+// Workers and callers spin for a short while (spinWait) before they
+// sleep: a decode step is a few hundred products back to back, and on a
+// virtual machine a sleeping thread's vCPU halts and takes a long time to
+// wake (hundreds of microseconds measured here, the length of a whole
+// product), so a pool that slept between products ran most of them on
+// one thread.
 //
 // Close stops the workers; using a Pool after Close panics.
 type Pool struct {
@@ -20,6 +29,12 @@ type Pool struct {
 	closed  atomic.Bool
 }
 
+// spinWait is how long an idle worker, or a caller waiting for its
+// helpers, polls before it blocks. It covers the gaps between the
+// products of one step (the serial norms, attention of a small batch,
+// sampling) and costs at most this much CPU after the last product.
+const spinWait = 2 * time.Millisecond
+
 // job is one parallel loop: helpers and the caller take chunks of [0,n)
 // from next until none are left.
 type job struct {
@@ -27,7 +42,8 @@ type job struct {
 	n     int
 	grain int
 	next  atomic.Int64
-	done  sync.WaitGroup
+	left  atomic.Int32  // helpers that have not finished
+	done  chan struct{} // the last helper to finish sends one value
 }
 
 // NewPool starts threads−1 workers: the goroutine that calls a product is
@@ -39,13 +55,42 @@ func NewPool(threads int) *Pool {
 	for range threads - 1 {
 		p.workers.Go(func() {
 			defer p.running.Add(-1)
-			for j := range p.jobs {
+			for {
+				j, ok := p.take()
+				if !ok {
+					return
+				}
 				j.work()
-				j.done.Done()
+				if j.left.Add(-1) == 0 {
+					j.done <- struct{}{}
+				}
 			}
 		})
 	}
 	return p
+}
+
+// take returns the next job for a worker, polling for spinWait before it
+// blocks; false once the pool is closed.
+func (p *Pool) take() (*job, bool) {
+	var start time.Time
+	for i := 0; ; i++ {
+		select {
+		case j, ok := <-p.jobs:
+			return j, ok
+		default:
+		}
+		if i&63 == 63 {
+			if start.IsZero() {
+				start = time.Now()
+			} else if time.Since(start) > spinWait {
+				break
+			}
+		}
+		runtime.Gosched()
+	}
+	j, ok := <-p.jobs
+	return j, ok
 }
 
 // Threads returns the number of threads a product on p uses.
@@ -76,6 +121,23 @@ func (j *job) work() {
 	}
 }
 
+// wait returns when every helper of j has finished, polling for spinWait
+// before it blocks.
+func (j *job) wait() {
+	var start time.Time
+	for i := 0; j.left.Load() != 0; i++ {
+		if i&63 == 63 {
+			if start.IsZero() {
+				start = time.Now()
+			} else if time.Since(start) > spinWait {
+				<-j.done
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+}
+
 // parallel calls fn on disjoint chunks covering [0,n), each at most grain
 // long, on up to p.threads goroutines, and returns when all are done.
 // Chunks are handed out dynamically, so a core that the (shared, noisy)
@@ -93,12 +155,12 @@ func (p *Pool) parallel(n, grain int, fn func(lo, hi int)) {
 	if p.closed.Load() {
 		panic("kernels: Pool used after Close")
 	}
-	j := &job{fn: fn, n: n, grain: grain}
 	helpers := min(p.threads-1, chunks-1)
-	j.done.Add(helpers)
+	j := &job{fn: fn, n: n, grain: grain, done: make(chan struct{}, 1)}
+	j.left.Store(int32(helpers))
 	for range helpers {
 		p.jobs <- j
 	}
 	j.work()
-	j.done.Wait()
+	j.wait()
 }
