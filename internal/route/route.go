@@ -99,6 +99,10 @@ type policy struct {
 	session bool
 }
 
+// fullMiss is what a prompt none of whose blocks a node holds costs there,
+// in queued requests (newPolicy).
+const fullMiss = 16
+
 const (
 	pickBest = iota
 	pickP2C
@@ -115,6 +119,17 @@ func newPolicy(name string) (policy, error) {
 	// than the idlest one; a linear queue term keeps a hot prefix from
 	// herding every request onto one node.
 	//
+	// Prefix is 16 (fullMiss). A full miss costs this request several
+	// queued requests' work: in the shared-prefix benchmark a 130-token
+	// prefix against a 10-token question and 8 output tokens, about 8; and
+	// the copy it makes evicts about as much that later requests must
+	// prefill again. With 4, the queues' random swings under heavy load
+	// (Poisson arrivals at 1.6x round-robin's capacity, 10-16 requests per
+	// node) sent requests to nodes without their prefix, which made the
+	// nodes slower, the queues longer and the misses more frequent: the hit
+	// rate fell to 0.66 of the oracle's. With 8 it fell to 0.81; with 16 it
+	// stayed at the oracle's (docs/performance.md).
+	//
 	// A capability-aware policy (composite, capability, session) counts the
 	// same work in time: the queue, this request and its prefix miss, all
 	// divided by the node's speed, so that a fast node is not bought with a
@@ -123,10 +138,10 @@ func newPolicy(name string) (policy, error) {
 	// mostly noise).
 	switch name {
 	case PolicyComposite, "":
-		return policy{name: PolicyComposite, w: Weights{Prefix: 4, Queue: 1, Capability: 0.5}}, nil
+		return policy{name: PolicyComposite, w: Weights{Prefix: fullMiss, Queue: 1, Capability: 0.5}}, nil
 	case PolicyPrefix:
-		// Prefix and queue only: a full hit is worth four queued requests.
-		return policy{name: name, w: Weights{Prefix: 4, Queue: 1}}, nil
+		// Prefix and queue only.
+		return policy{name: name, w: Weights{Prefix: fullMiss, Queue: 1}}, nil
 	case PolicyLeastOutstanding:
 		return policy{name: name, w: Weights{Queue: 1}}, nil
 	case PolicyP2C:
@@ -136,7 +151,7 @@ func newPolicy(name string) (policy, error) {
 	case PolicyCapability:
 		return policy{name: name, w: Weights{Queue: 1, Capability: 2}}, nil
 	case PolicySession:
-		return policy{name: name, w: Weights{Prefix: 4, Queue: 1, Capability: 0.5}, session: true}, nil
+		return policy{name: name, w: Weights{Prefix: fullMiss, Queue: 1, Capability: 0.5}, session: true}, nil
 	}
 	return policy{}, fmt.Errorf("%w %q (known: %s)", ErrUnknownPolicy, name, strings.Join(Policies, ", "))
 }
@@ -466,9 +481,10 @@ func (r *Router) best(p policy, req Request, cands []Candidate) (Decision, error
 		var s float64
 		if wc > 0 {
 			// Work in time: the queue, this request and its miss, over
-			// the node's speed (a throttling node runs at a quarter of
-			// it, so it gets work only when the cool ones are several
-			// requests busier); plus a small bonus for capability.
+			// the node's speed (a throttling node counts at an eighth
+			// of it, so it gets work only when the cool ones are many
+			// requests busier, even for a prompt it holds: it should
+			// cool down); plus a small bonus for capability.
 			sf, cp := speedCap(c, invMean)
 			s = -(wq*float64(load(c)+1)+miss)/sf + wc*cp
 			if c.DecodeTokS > 0 {
@@ -512,8 +528,10 @@ func load(c *Candidate) int { return int(max(c.Outstanding, c.QueueDepth)) }
 // costs several instructions each).
 //
 // The speed factor is the relative speed clamped to [0.25, 2], times the
-// thermal slowdown: a quarter when the node reports throttling (and what it
-// measured before it got hot earns it no bonus), a half above 85 °C.
+// thermal slowdown: an eighth when the node reports throttling (and what it
+// measured before it got hot earns it no bonus), a half above 85 °C. The
+// eighth outweighs a full prefix miss (fullMiss) for a throttling holder
+// with a request or more queued.
 //
 // The capability score is in [0, 1]: a cool node of average speed scores
 // 0.5, one twice as fast (or more) 1; a throttling node scores a quarter of
@@ -535,7 +553,7 @@ func speedCap(c *Candidate, invMean float64) (sf, cp float64) {
 		if sf > 1 {
 			sf = 1
 		}
-		sf *= 0.25
+		sf *= 0.125
 		cp *= 0.25
 	case c.MaxTempC > 85:
 		sf *= 0.5

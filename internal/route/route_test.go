@@ -221,15 +221,33 @@ func TestPrefixPrecise(t *testing.T) {
 	if got := r.index.matchOne(Request{Model: "m", Hashes: h}, int(r.NodeID("c"))); got != 0 {
 		t.Fatalf("forgotten node still matches %d blocks", got)
 	}
-	// Load counts too: a full prefix is worth four queued requests.
-	r.CacheEvent("a", Stored, "m", h)
-	c[0].Outstanding = 3
-	if d, _ := r.Pick(Request{Model: "m", Hashes: h}, c); name(r, c[d.Index]) != "a" {
-		t.Fatalf("prefix policy: got %s, want a (full prefix outweighs 3 queued requests)", name(r, c[d.Index]))
+}
+
+// TestPrefixAgainstLoad: a miss costs fullMiss queued requests times the
+// share of the prompt not cached.
+func TestPrefixAgainstLoad(t *testing.T) {
+	r, err := New(Config{Default: PolicyPrefix, MaxOutstanding: 64}) // the coordinator's default limit
+	if err != nil {
+		t.Fatal(err)
 	}
-	c[0].Outstanding = 6
-	if d, _ := r.Pick(Request{Model: "m", Hashes: h}, c); name(r, c[d.Index]) == "a" {
-		t.Fatal("prefix policy: a node 6 requests deeper than idle ones still got the request")
+	c := cands(r, "a", "b")
+	h := blockhash.Chain("m", tokens(41, 1), 4) // 10 blocks
+	if len(h) != 10 {
+		t.Fatalf("%d blocks, want 10", len(h))
+	}
+	r.CacheEvent("a", Stored, "m", h)
+	r.CacheEvent("b", Stored, "m", h[:3])
+	req := Request{Model: "m", Hashes: h}
+	// b holds 3 of the 10 blocks: its miss is 0.7·16 = 11.2 requests.
+	for _, tc := range []struct {
+		queued int32
+		want   string
+	}{{0, "a"}, {11, "a"}, {12, "b"}, {30, "b"}} {
+		c[0].Outstanding = tc.queued
+		d, err := r.Pick(req, c)
+		if err != nil || name(r, c[d.Index]) != tc.want {
+			t.Fatalf("a (whole prompt) with %d queued, b (3 blocks) idle: got %s, %v; want %s", tc.queued, name(r, c[d.Index]), err, tc.want)
+		}
 	}
 }
 
