@@ -131,6 +131,8 @@ type Model struct {
 	// pool runs the matrix products on threads workers; Close stops it.
 	pool      *kernels.Pool
 	stepBytes int64 // StepWeightBytes
+	// packedBufs are the buffers packWeights allocated; Close frees them.
+	packedBufs [][]byte
 	// chatTemplate is the model's Jinja chat template, "" when it has none.
 	chatTemplate string
 	cache        *kvcache.Cache
@@ -303,11 +305,11 @@ func (m *Model) StepWeightBytes() int64 { return m.stepBytes }
 
 // stepWeightBytes computes StepWeightBytes at load.
 func stepWeightBytes(w *weights) int64 {
-	n := int64(len(w.outNorm))*4 + int64(len(w.output.data))
+	n := int64(len(w.outNorm))*4 + w.output.bytes()
 	for _, l := range w.layers {
 		n += 4 * int64(len(l.attnNorm)+len(l.ffnNorm)+len(l.bq)+len(l.bk)+len(l.bv))
 		for _, mt := range []*matrix{&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down} {
-			n += int64(len(mt.data))
+			n += mt.bytes()
 		}
 	}
 	return n
@@ -338,6 +340,10 @@ func (m *Model) Close() error {
 	m.sched.stop()
 	m.pool.Close()
 	m.w = weights{}
+	for _, b := range m.packedBufs {
+		freeWeights(b)
+	}
+	m.packedBufs = nil
 	return m.file.Close()
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync"
 	"time"
 	"unsafe"
 
@@ -273,15 +272,9 @@ func (m *Model) attention(b *batch, li int) {
 		run(0, 0, tasks)
 		return
 	}
+	// One chunk per worker, each with its own scratch (indexed by chunk).
 	chunk := (tasks + workers - 1) / workers
-	var wg sync.WaitGroup
-	for wi := range workers {
-		lo, hi := wi*chunk, min((wi+1)*chunk, tasks)
-		if lo < hi {
-			wg.Go(func() { run(wi, lo, hi) })
-		}
-	}
-	wg.Wait()
+	m.pool.For(tasks, chunk, func(lo, hi int) { run(lo/chunk, lo, hi) })
 }
 
 // attendScratch is the scratch attendGroup needs for n positions.
@@ -486,7 +479,7 @@ func add(dst, src []float32) {
 const swigluMin = 8192
 
 // split runs fn over [0,n) in up to m.threads contiguous chunks of at
-// least minChunk, on goroutines of their own, and waits for them; fn must
+// least minChunk, on the model's pool, and waits for them; fn must
 // compute each index the same way whatever the chunk.
 func (m *Model) split(n, minChunk int, fn func(lo, hi int)) {
 	workers := min(m.threads, n/max(minChunk, 1))
@@ -494,13 +487,7 @@ func (m *Model) split(n, minChunk int, fn func(lo, hi int)) {
 		fn(0, n)
 		return
 	}
-	chunk := (n + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := chunk; lo < n; lo += chunk {
-		wg.Go(func() { fn(lo, min(lo+chunk, n)) })
-	}
-	fn(0, min(chunk, n))
-	wg.Wait()
+	m.pool.For(n, (n+workers-1)/workers, fn)
 }
 
 // dotF32 sums with four accumulators, which lets the CPU overlap the

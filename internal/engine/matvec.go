@@ -18,6 +18,20 @@ type matrix struct {
 	typ        gguf.Type
 	rowBytes   int
 	data       []byte
+	// owned: data is a buffer of the engine's, not the file's mapping.
+	// packed: data is in kernels' packed layout (pack.go), which only the
+	// products read (row does not).
+	owned, packed bool
+}
+
+// bytes is the size of m in ggml's layout (a packed matrix whose rows are
+// not a multiple of 8 takes a little more, padding); 0 for a matrix a
+// pipeline stage does not hold.
+func (m *matrix) bytes() int64 {
+	if m.data == nil {
+		return 0
+	}
+	return int64(m.rows * m.rowBytes)
 }
 
 // newMatrix checks that data is rows×cols of typ and that package kernels
@@ -53,12 +67,19 @@ func newMatrix(name string, typ gguf.Type, data []byte, cols, rows int) (matrix,
 // NPUMESH_KERNELS=generic selects the portable ones), so no separate
 // exact F32 path is kept.
 func matmulBatch(dst []float32, m *matrix, x []float32, n int, pool *kernels.Pool) {
+	if m.packed {
+		kernels.MatMulPacked(dst[:n*m.rows], m.data, m.typ, m.rows, m.cols, x[:n*m.cols], n, pool)
+		return
+	}
 	kernels.MatMul(dst[:n*m.rows], m.data, m.typ, m.rows, m.cols, x[:n*m.cols], n, pool)
 }
 
 // row decodes row r into dst as float32 (embedding lookup: one row is
 // dequantized, never the whole table).
 func (m *matrix) row(dst []float32, r int) {
+	if m.packed {
+		panic("engine: row of a packed matrix " + m.name)
+	}
 	if err := kernels.Dequantize(dst[:m.cols], m.data[r*m.rowBytes:(r+1)*m.rowBytes], m.typ); err != nil {
 		panic(err) // newMatrix accepted the type
 	}

@@ -100,6 +100,6 @@ func quantizeMatrix(m *matrix, typ gguf.Type, threads int) (matrix, error) {
 			return matrix{}, err
 		}
 	}
-	q := matrix{name: m.name, rows: m.rows, cols: m.cols, typ: typ, rowBytes: rb, data: data}
+	q := matrix{name: m.name, rows: m.rows, cols: m.cols, typ: typ, rowBytes: rb, data: data, owned: true}
 	return q, nil
 }

@@ -180,6 +180,9 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 	if m.cache, err = newCache(hp, len(w.layers), id, opts); err != nil {
 		return nil, nil, 0, err
 	}
+	if m.packedBufs, err = packWeights(&m.w, threads); err != nil {
+		return nil, nil, 0, err
+	}
 	m.info = shape
 	m.info.ID, m.info.Arch, m.info.ContextLength, m.info.BlockSize, m.info.Stage = id, hp.Arch, hp.Context, m.cache.BlockSize(), stage
 	return m, converted, threads, nil

@@ -50,12 +50,29 @@ func hasVNNI() bool {
 	return cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL && os.Getenv("NPUMESH_KERNELS") != "avx2"
 }
 
-// The tile kernels of asmgen/tile.go.
+// The tile kernels of asmgen/tile.go, for the row-major and the packed
+// layout.
 var (
-	tilesQ4_0AVX2 = &tileSet{tileQ4_0_8x1AVX2, tileQ4_0_8x4AVX2, nil, -8}
-	tilesQ4_0VNNI = &tileSet{tileQ4_0_8x1VNNI, tileQ4_0_8x4VNNI, tileQ4_0_8x8VNNI, -8}
-	tilesQ8_0AVX2 = &tileSet{tileQ8_0_8x1AVX2, tileQ8_0_8x4AVX2, nil, 0}
-	tilesQ8_0VNNI = &tileSet{tileQ8_0_8x1VNNI, tileQ8_0_8x4VNNI, tileQ8_0_8x8VNNI, -128}
+	tilesQ4_0AVX2 = &tileSet{
+		r8v1: tileQ4_0_8x1AVX2, r8v4: tileQ4_0_8x4AVX2,
+		p8v1: packedQ4_0_8x1AVX2, p8v4: packedQ4_0_8x4AVX2,
+		offset: -8,
+	}
+	tilesQ4_0VNNI = &tileSet{
+		r8v1: tileQ4_0_8x1VNNI, r8v4: tileQ4_0_8x4VNNI, r8v8: tileQ4_0_8x8VNNI,
+		p8v1: packedQ4_0_8x1VNNI, p8v4: packedQ4_0_8x4VNNI, p8v8: packedQ4_0_8x8VNNI,
+		offset: -8,
+	}
+	tilesQ8_0AVX2 = &tileSet{
+		r8v1: tileQ8_0_8x1AVX2, r8v4: tileQ8_0_8x4AVX2,
+		p8v1: packedQ8_0_8x1AVX2, p8v4: packedQ8_0_8x4AVX2,
+		offset: 0,
+	}
+	tilesQ8_0VNNI = &tileSet{
+		r8v1: tileQ8_0_8x1VNNI, r8v4: tileQ8_0_8x4VNNI, r8v8: tileQ8_0_8x8VNNI,
+		p8v1: packedQ8_0_8x1VNNI, p8v4: packedQ8_0_8x4VNNI, p8v8: packedQ8_0_8x8VNNI,
+		offset: -128,
+	}
 )
 
 func quantizeQ8Asm(v *q8Vec, x []float32) {

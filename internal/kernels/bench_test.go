@@ -26,6 +26,7 @@ const (
 var (
 	benchMu       sync.Mutex
 	benchMatrices = map[gguf.Type][][]byte{}
+	benchPacked   = map[gguf.Type][][]byte{}
 )
 
 // benchWeights returns copies of one random 4096×4096 matrix of typ.
@@ -44,8 +45,27 @@ func benchWeights(typ gguf.Type) [][]byte {
 	return m
 }
 
+// benchPackedWeights returns copies of benchWeights(typ)'s matrix in the
+// packed layout (PackInto).
+func benchPackedWeights(typ gguf.Type) [][]byte {
+	w := benchWeights(typ)[0]
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if m, ok := benchPacked[typ]; ok {
+		return m
+	}
+	p := make([]byte, PackedSize(typ, benchDim, benchDim))
+	PackInto(p, w, typ, benchDim, benchDim)
+	m := [][]byte{p}
+	for len(m)*len(p) < benchBytes {
+		m = append(m, append([]byte(nil), p...))
+	}
+	benchPacked[typ] = m
+	return m
+}
+
 func benchImpls(b *testing.B, f func(b *testing.B)) {
-	defer SetGeneric(false)
+	defer active.Store(active.Load()) // back to the set in use before (NPUMESH_KERNELS's choice)
 	for _, generic := range []bool{false, true} {
 		SetGeneric(generic)
 		if !generic && Implementation() == "generic" {
@@ -77,6 +97,36 @@ func benchMatMul(b *testing.B, n int) {
 
 func BenchmarkMatVec(b *testing.B)  { benchMatMul(b, 1) }
 func BenchmarkMatMul8(b *testing.B) { benchMatMul(b, 8) }
+
+// benchMatMulPacked is benchMatMul for the packed types, on the same
+// matrices packed, so that MB/s (row-major bytes, which the packed
+// matrix equals) sets beside BenchmarkMatVec's and BenchmarkMatMul8's.
+// The portable kernels have no packed form and are skipped.
+func benchMatMulPacked(b *testing.B, n int) {
+	pool := NewPool(runtime.GOMAXPROCS(0))
+	defer pool.Close()
+	x := randomVec(rand.New(rand.NewPCG(1, 1)), n*benchDim)
+	dst := make([]float32, n*benchDim)
+	for _, typ := range []gguf.Type{gguf.TypeQ8_0, gguf.TypeQ4_0} {
+		b.Run(typ.String(), func(b *testing.B) {
+			benchImpls(b, func(b *testing.B) {
+				if !CanPack(typ) {
+					b.Skip("no packed kernels")
+				}
+				ps := benchPackedWeights(typ)
+				b.SetBytes(int64(len(ps[0])))
+				i := 0
+				for b.Loop() {
+					MatMulPacked(dst, ps[i%len(ps)], typ, benchDim, benchDim, x, n, pool)
+					i++
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkMatVecPacked(b *testing.B)  { benchMatMulPacked(b, 1) }
+func BenchmarkMatMul8Packed(b *testing.B) { benchMatMulPacked(b, 8) }
 
 // BenchmarkMatVecSerial is one thread, for the per-core kernel speed.
 func BenchmarkMatVecSerial(b *testing.B) {

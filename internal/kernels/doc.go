@@ -21,6 +21,11 @@
 // portable Go kernels. Both compute the same integer block sums; only the
 // order of float32 additions differs.
 //
+// For q4_0 and q8_0 a loader may also re-arrange the weights once into a
+// packed layout of eight interleaved rows (CanPack, PackInto), which
+// MatMulPacked multiplies with plain vector loads and the same results
+// as MatMul.
+//
 // Errors and panics: functions whose inputs come from a model file
 // (Dequantize, Quantize, CanMatVec) report an unsupported type as an error
 // or false. Inconsistent lengths (a weight slice that is not rows×row size,

@@ -61,7 +61,7 @@ const relTol = 2e-5
 
 func forEachImpl(t *testing.T, f func(t *testing.T)) {
 	t.Helper()
-	defer SetGeneric(false)
+	defer active.Store(active.Load()) // back to the set in use before (NPUMESH_KERNELS's choice)
 	for _, generic := range []bool{true, false} {
 		SetGeneric(generic)
 		if !generic && Implementation() == "generic" {
@@ -125,7 +125,7 @@ func TestAsmMatchesGeneric(t *testing.T) {
 	if asmKernels() == nil {
 		t.Skip("no assembly kernels on this CPU")
 	}
-	defer SetGeneric(false)
+	defer active.Store(active.Load()) // back to the set in use before (NPUMESH_KERNELS's choice)
 	r := rand.New(rand.NewPCG(7, 8))
 	for _, typ := range allTypes {
 		for _, cols := range colsFor(typ) {
@@ -305,7 +305,7 @@ func TestPanics(t *testing.T) {
 }
 
 func TestSetGeneric(t *testing.T) {
-	defer SetGeneric(false)
+	defer active.Store(active.Load()) // back to the set in use before (NPUMESH_KERNELS's choice)
 	SetGeneric(true)
 	if got := Implementation(); got != "generic" {
 		t.Errorf("after SetGeneric(true): %q, want generic", got)

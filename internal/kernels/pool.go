@@ -73,24 +73,54 @@ func NewPool(threads int) *Pool {
 // take returns the next job for a worker, polling for spinWait before it
 // blocks; false once the pool is closed.
 func (p *Pool) take() (*job, bool) {
-	var start time.Time
-	for i := 0; ; i++ {
+	var sp spinner
+	for {
 		select {
 		case j, ok := <-p.jobs:
 			return j, ok
 		default:
 		}
-		if i&63 == 63 {
-			if start.IsZero() {
-				start = time.Now()
-			} else if time.Since(start) > spinWait {
-				break
-			}
+		if !sp.spin() {
+			break
 		}
-		runtime.Gosched()
 	}
 	j, ok := <-p.jobs
 	return j, ok
+}
+
+// spinner paces a polling loop: it polls flat out for spinHot, then yields
+// the processor between polls (runtime.Gosched, which takes the
+// scheduler's lock: at a few hundred products per step, yielding from the
+// first poll cost a tenth of a batch-8 step) until spinWait.
+type spinner struct {
+	start time.Time
+	n     int
+	yield bool
+}
+
+// spinHot is how long a wait polls without yielding: the gaps between the
+// products of one step are microseconds.
+const spinHot = 100 * time.Microsecond
+
+// spin is called after each poll that found nothing; false means the
+// caller should block instead.
+func (s *spinner) spin() bool {
+	s.n++
+	if s.n&63 == 0 {
+		now := time.Now()
+		if s.start.IsZero() {
+			s.start = now
+		}
+		d := now.Sub(s.start)
+		if d > spinWait {
+			return false
+		}
+		s.yield = d > spinHot
+	}
+	if s.yield {
+		runtime.Gosched()
+	}
+	return true
 }
 
 // Threads returns the number of threads a product on p uses.
@@ -124,19 +154,22 @@ func (j *job) work() {
 // wait returns when every helper of j has finished, polling for spinWait
 // before it blocks.
 func (j *job) wait() {
-	var start time.Time
-	for i := 0; j.left.Load() != 0; i++ {
-		if i&63 == 63 {
-			if start.IsZero() {
-				start = time.Now()
-			} else if time.Since(start) > spinWait {
-				<-j.done
-				return
-			}
+	var sp spinner
+	for j.left.Load() != 0 {
+		if !sp.spin() {
+			<-j.done
+			return
 		}
-		runtime.Gosched()
 	}
 }
+
+// For calls fn on disjoint chunks covering [0,n), each at most grain long,
+// on the pool's threads (the caller's included), and returns when all are
+// done. It is how code outside this package (attention, element-wise
+// work) runs on the same threads as the products: a goroutine started per
+// call instead would wait behind a worker that is polling for its next
+// product.
+func (p *Pool) For(n, grain int, fn func(lo, hi int)) { p.parallel(n, grain, fn) }
 
 // parallel calls fn on disjoint chunks covering [0,n), each at most grain
 // long, on up to p.threads goroutines, and returns when all are done.

@@ -196,6 +196,86 @@ func tileQ8_0_8x4VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float3
 //go:noescape
 func tileQ8_0_8x8VNNI(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)
 
+// packedQ4_0_8x1AVX2 multiplies a packed group of 8 Q4_0 rows (see PackInto) by 1 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ4_0_8x1AVX2(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ4_0_8x4AVX2 multiplies a packed group of 8 Q4_0 rows (see PackInto) by 4 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ4_0_8x4AVX2(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ4_0_8x1VNNI multiplies a packed group of 8 Q4_0 rows (see PackInto) by 1 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ4_0_8x1VNNI(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ4_0_8x4VNNI multiplies a packed group of 8 Q4_0 rows (see PackInto) by 4 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ4_0_8x4VNNI(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ4_0_8x8VNNI multiplies a packed group of 8 Q4_0 rows (see PackInto) by 8 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ4_0_8x8VNNI(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ8_0_8x1AVX2 multiplies a packed group of 8 Q8_0 rows (see PackInto) by 1 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ8_0_8x1AVX2(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ8_0_8x4AVX2 multiplies a packed group of 8 Q8_0 rows (see PackInto) by 4 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ8_0_8x4AVX2(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ8_0_8x1VNNI multiplies a packed group of 8 Q8_0 rows (see PackInto) by 1 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ8_0_8x1VNNI(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ8_0_8x4VNNI multiplies a packed group of 8 Q8_0 rows (see PackInto) by 4 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ8_0_8x4VNNI(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
+// packedQ8_0_8x8VNNI multiplies a packed group of 8 Q8_0 rows (see PackInto) by 8 q8
+// vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].
+// Vector v's record, at x + v·xstride, holds per block its scale d (float32)
+// and offset xoi (int32), then the nb·32 q8 values.
+//
+//go:noescape
+func packedQ8_0_8x8VNNI(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)
+
 // quantQ8AVX2 quantizes nb ≥ 1 blocks of 32 floats at x to qs, with their
 // scales d, block sums sum and d·sum in s.
 //

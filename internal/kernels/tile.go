@@ -10,6 +10,9 @@ import (
 // r8v4 calls then).
 type tileSet struct {
 	r8v1, r8v4, r8v8 tileFn
+	// p8v1, p8v4 and p8v8 are the same kernels for the packed layout
+	// (PackInto); p8v8 may be nil.
+	p8v1, p8v4, p8v8 packedFn
 	// offset multiplies each activation block's Σq into the integer
 	// block offsets that the kernels add to their sums: −8 for q4_0, −128
 	// for q8_0's VNNI form (which multiplies w+128), else 0.

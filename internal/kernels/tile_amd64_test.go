@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,11 +31,11 @@ func tileVariants(a *impl) []tileVariant {
 	return v
 }
 
-// TestTileFormsAgree: the AVX2 and VNNI tile kernels compute the same
-// exact integer lane sums and the same float operations, so every batch
-// size and pool gives the same bits with either; and both stay within
-// the tested tolerance of the row kernels (TestAsmMatchesGeneric checks
-// the active set against the portable one).
+// TestTileFormsAgree: the AVX2 and VNNI tile kernels, row-major and
+// packed, compute the same exact integer lane sums and the same float
+// operations, so every batch size and pool gives the same bits with any
+// of them; and they stay within the tested tolerance of the row kernels
+// (TestAsmMatchesGeneric checks the active set against the portable one).
 func TestTileFormsAgree(t *testing.T) {
 	a := asmKernels()
 	if a == nil {
@@ -52,20 +53,27 @@ func TestTileFormsAgree(t *testing.T) {
 		for _, cols := range []int{32, 96, 128, 416, 4096} {
 			rows := 43
 			w := randomRows(r, typ, rows, cols)
+			p := pack(typ, w, rows, cols)
 			for _, n := range []int{1, 3, 4, 8, 13, 21} {
 				x := randomVec(r, n*cols)
 				var want []float32
 				for _, v := range vs[1:] {
 					active.Store(v.im)
-					got := make([]float32, n*rows)
-					MatMul(got, w, typ, rows, cols, x, n, pool)
-					if want == nil {
-						want = got
-						continue
-					}
-					for i := range got {
-						if got[i] != want[i] {
-							t.Fatalf("%v %d×%d n=%d: %s dst[%d] = %g, %s %g", typ, rows, cols, n, v.name, i, got[i], vs[1].name, want[i])
+					for _, packed := range []bool{false, true} {
+						got := make([]float32, n*rows)
+						if packed {
+							MatMulPacked(got, p, typ, rows, cols, x, n, pool)
+						} else {
+							MatMul(got, w, typ, rows, cols, x, n, pool)
+						}
+						if want == nil {
+							want = got
+							continue
+						}
+						for i := range got {
+							if got[i] != want[i] {
+								t.Fatalf("%v %d×%d n=%d: %s (packed %v) dst[%d] = %g, %s %g", typ, rows, cols, n, v.name, packed, i, got[i], vs[1].name, want[i])
+							}
 						}
 					}
 				}
@@ -84,12 +92,14 @@ func TestTileFormsAgree(t *testing.T) {
 	for i := range x {
 		x[i] = -1
 	}
+	p := pack(gguf.TypeQ8_0, w, 1, 256)
 	for _, v := range vs {
 		active.Store(v.im)
-		var got [1]float32
+		var got, gotP [1]float32
 		MatVec(got[:], w, gguf.TypeQ8_0, 1, 256, x, nil)
-		if got[0] != 256*128 {
-			t.Errorf("%s: all −128 · all −1 = %g, want %d", v.name, got[0], 256*128)
+		MatMulPacked(gotP[:], p, gguf.TypeQ8_0, 1, 256, x, 1, nil)
+		if got[0] != 256*128 || gotP[0] != 256*128 {
+			t.Errorf("%s: all −128 · all −1 = %g (packed %g), want %d", v.name, got[0], gotP[0], 256*128)
 		}
 	}
 }
@@ -127,10 +137,11 @@ func BenchmarkTiles(b *testing.B) {
 	}
 }
 
-// BenchmarkTilesInterleaved runs the variants of BenchmarkTiles in turn
-// within each iteration and reports each one's fastest pass (ms, and the
-// ratio to the row kernels), so that the load of a shared machine hits all
-// of them alike.
+// BenchmarkTilesInterleaved runs the variants of BenchmarkTiles, and the
+// tile kernels' packed forms on the packed matrices (MatMulPacked,
+// "packed-"), in turn within each iteration and reports each one's
+// fastest pass (ms, and the ratio to the row kernels), so that the load
+// of a shared machine hits all of them alike.
 func BenchmarkTilesInterleaved(b *testing.B) {
 	a := asmKernels()
 	if a == nil {
@@ -140,11 +151,19 @@ func BenchmarkTilesInterleaved(b *testing.B) {
 	pool := NewPool(runtime.GOMAXPROCS(0))
 	defer pool.Close()
 	for _, typ := range []gguf.Type{gguf.TypeQ4_0, gguf.TypeQ8_0} {
-		ws := benchWeights(typ)
+		ws, ps := benchWeights(typ), benchPackedWeights(typ)
 		for _, n := range []int{1, 8} {
 			x := randomVec(rand.New(rand.NewPCG(1, 1)), n*benchDim)
 			dst := make([]float32, n*benchDim)
 			vs := tileVariants(a)
+			var packed []bool
+			for range vs {
+				packed = append(packed, false)
+			}
+			for _, v := range vs[1:] {
+				vs = append(vs, tileVariant{"packed-" + strings.TrimPrefix(v.name, "tile-"), v.im})
+				packed = append(packed, true)
+			}
 			b.Run(typ.String()+"/n="+strconv.Itoa(n), func(b *testing.B) {
 				best := make([]time.Duration, len(vs))
 				i := 0
@@ -152,7 +171,11 @@ func BenchmarkTilesInterleaved(b *testing.B) {
 					for k, v := range vs {
 						active.Store(v.im)
 						t0 := time.Now()
-						MatMul(dst, ws[i%len(ws)], typ, benchDim, benchDim, x, n, pool)
+						if packed[k] {
+							MatMulPacked(dst, ps[i%len(ps)], typ, benchDim, benchDim, x, n, pool)
+						} else {
+							MatMul(dst, ws[i%len(ws)], typ, benchDim, benchDim, x, n, pool)
+						}
 						if d := time.Since(t0); best[k] == 0 || d < best[k] {
 							best[k] = d
 						}

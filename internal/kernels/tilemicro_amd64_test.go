@@ -10,8 +10,9 @@ import (
 
 // BenchmarkTileMicro times the tile kernels themselves on one thread with
 // the weights in cache (32 rows of 4096), against the one- and
-// four-vector row kernels; MB/s is weight bytes per second, so divide by
-// the vector count for the rate per vector.
+// four-vector row kernels, and the tile kernels' packed forms ("p"
+// suffix); MB/s is weight bytes per second, so divide by the vector count
+// for the rate per vector.
 func BenchmarkTileMicro(b *testing.B) {
 	const rows, cols = 32, 4096
 	r := rand.New(rand.NewPCG(1, 2))
@@ -26,6 +27,8 @@ func BenchmarkTileMicro(b *testing.B) {
 	}
 	for _, s := range sets {
 		w := randomRows(r, s.typ, rows, cols)
+		p := pack(s.typ, w, rows, cols)
+		gb := len(p) / (rows / 8)
 		rb, _ := RowSize(s.typ, cols)
 		x := randomVec(r, 8*cols)
 		vs := new(scratch).q8Vecs(quantizeQ8Asm, x, 8, cols, nil)
@@ -61,15 +64,25 @@ func BenchmarkTileMicro(b *testing.B) {
 			for _, k := range []struct {
 				v int
 				f tileFn
-			}{{1, ts.set.r8v1}, {4, ts.set.r8v4}, {8, ts.set.r8v8}} {
+				p packedFn
+			}{{1, ts.set.r8v1, ts.set.p8v1}, {4, ts.set.r8v4, ts.set.p8v4}, {8, ts.set.r8v8, ts.set.p8v8}} {
 				if k.f == nil {
 					continue
 				}
-				b.Run(s.typ.String()+"/8x"+string(rune('0'+k.v))+ts.name, func(b *testing.B) {
+				name := s.typ.String() + "/8x" + string(rune('0'+k.v)) + ts.name
+				b.Run(name, func(b *testing.B) {
 					b.SetBytes(int64(len(w)))
 					for b.Loop() {
 						for rr := 0; rr < rows; rr += 8 {
 							k.f(&w[rr*rb], rb, rec, nb, xt.stride, &dst[rr], 4*rows)
+						}
+					}
+				})
+				b.Run(name+"p", func(b *testing.B) {
+					b.SetBytes(int64(len(w)))
+					for b.Loop() {
+						for rr := 0; rr < rows; rr += 8 {
+							k.p(&p[rr/8*gb], rec, nb, xt.stride, &dst[rr], 4*rows)
 						}
 					}
 				})

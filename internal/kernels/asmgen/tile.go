@@ -60,37 +60,96 @@ func (t tileType) usesOffset(vnni bool) bool { return t.q4 || vnni }
 // highY are the registers only EVEX instructions reach.
 var highY = []VecPhysical{Y16, Y17, Y18, Y19, Y20, Y21, Y22, Y23, Y24, Y25, Y26, Y27, Y28, Y29, Y30, Y31}
 
-func tileName(t tileType, V int, vnni bool) string {
+func tileName(t tileType, V int, vnni, packed bool) string {
 	isa := "AVX2"
 	if vnni {
 		isa = "VNNI"
 	}
-	return fmt.Sprintf("tile%s_8x%d%s", t.name, V, isa)
+	kind := "tile"
+	if packed {
+		kind = "packed"
+	}
+	return fmt.Sprintf("%s%s_8x%d%s", kind, t.name, V, isa)
 }
 
-func tileKernel(t tileType, V int, vnni bool) {
+// The packed kernels read the packed (interleaved) weight layout that
+// kernels.PackInto writes: rows in groups of 8, and per group and block
+// b one packed block of B8 = 8·bsize bytes (144 for q4_0, 272 for q8_0),
+// the group's blocks one after the other:
+//
+//	bytes [0,16): the eight rows' fp16 scales d, in row order;
+//	then chunks of 32 bytes (4 for q4_0, 8 for q8_0): chunk c, row j
+//	holds, at 16 + 32c + 4j, that row's block quant bytes qs[4c..4c+3].
+//
+// Chunk c is then exactly the transposed c[j] that the row-major kernels
+// build with eight 16-byte loads and eight unpacks, and the scales are one
+// VCVTPH2PS from memory, so a packed kernel computes the very same
+// integer sums and float operations as its row-major twin, with plain
+// loads (q8_0's VNNI form XORs the 128 straight from memory). A last
+// group of fewer than eight rows is padded with zero rows when packed.
+// The stream of a group's blocks is contiguous, so the kernel prefetches
+// a fixed distance ahead of it (packedPrefetch).
+
+// packedPrefetch is how far ahead (bytes) the packed kernel for V vectors
+// prefetches its weight stream, into L2 (PREFETCHT1) like the row-major
+// kernels. Measured as the best of interleaved MatMulPacked runs on
+// 4096×4096 matrices from DRAM, two threads (EPYC with VNNI; 0 B to
+// 16 KiB ahead, and one group ahead as the row-major kernels do): the
+// compute-heavy 8x4 and 8x8 forms need it far ahead — at 1 KiB or less
+// they streamed q4_0 and q8_0 at half the rate they reached at 8 KiB,
+// 16 KiB or one group; 4 KiB was 5-10% slower than 8 KiB — while the
+// 8x1 forms, which the hardware prefetcher keeps up with, did the same
+// with 0 to 1 KiB and 5-35% worse with 2 KiB or more (or with
+// PREFETCHT0 or PREFETCHNTA at 512 B).
+func packedPrefetch(V int) int {
+	if V == 1 {
+		return 512
+	}
+	return 8 << 10
+}
+
+// tileKernel emits the eight-row kernel of t for V vectors, for the
+// row-major layout or (packed) the packed layout.
+func tileKernel(t tileType, V int, vnni, packed bool) {
 	bsize := t.bsize
-	name := tileName(t, V, vnni)
-	TEXT(name, NOSPLIT, "func(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)")
-	Pragma("noescape")
-	Doc(fmt.Sprintf("%s multiplies 8 %s rows (rb bytes apart) by %d q8 vectors", name, t.name, V),
-		"over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's",
-		"record, at x + v·xstride, holds per block its scale d (float32) and offset",
-		"xoi (int32), then the nb·32 q8 values.")
-	w, dx, xq, nb := GP64(), GP64(), GP64(), GP64()
-	Load(Param("w"), w)
-	Load(Param("x"), dx)
-	Load(Param("nb"), nb)
-	LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
-	rb, rb3, w4 := GP64(), GP64(), GP64()
-	Load(Param("rb"), rb)
-	LEAQ(Mem{Base: rb, Index: rb, Scale: 2}, rb3)
-	LEAQ(Mem{Base: w, Index: rb, Scale: 4}, w4)
-	rowAt := func(r, disp int) Mem {
-		if r >= 4 {
-			return at(w4, rb, rb3, r-4, disp)
+	name := tileName(t, V, vnni, packed)
+	var w, dx, xq, nb, rb, w4 GPVirtual
+	var rowAt func(r, disp int) Mem
+	if packed {
+		TEXT(name, NOSPLIT, "func(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)")
+		Pragma("noescape")
+		Doc(fmt.Sprintf("%s multiplies a packed group of 8 %s rows (see PackInto) by %d q8", name, t.name, V),
+			"vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].",
+			"Vector v's record, at x + v·xstride, holds per block its scale d (float32)",
+			"and offset xoi (int32), then the nb·32 q8 values.")
+		w, dx, xq, nb = GP64(), GP64(), GP64(), GP64()
+		Load(Param("p"), w)
+		Load(Param("x"), dx)
+		Load(Param("nb"), nb)
+		LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
+	} else {
+		TEXT(name, NOSPLIT, "func(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)")
+		Pragma("noescape")
+		Doc(fmt.Sprintf("%s multiplies 8 %s rows (rb bytes apart) by %d q8 vectors", name, t.name, V),
+			"over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's",
+			"record, at x + v·xstride, holds per block its scale d (float32) and offset",
+			"xoi (int32), then the nb·32 q8 values.")
+		w, dx, xq, nb = GP64(), GP64(), GP64(), GP64()
+		Load(Param("w"), w)
+		Load(Param("x"), dx)
+		Load(Param("nb"), nb)
+		LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
+		var rb3 GPVirtual
+		rb, rb3, w4 = GP64(), GP64(), GP64()
+		Load(Param("rb"), rb)
+		LEAQ(Mem{Base: rb, Index: rb, Scale: 2}, rb3)
+		LEAQ(Mem{Base: w, Index: rb, Scale: 4}, w4)
+		rowAt = func(r, disp int) Mem {
+			if r >= 4 {
+				return at(w4, rb, rb3, r-4, disp)
+			}
+			return at(w, rb, rb3, r, disp)
 		}
-		return at(w, rb, rb3, r, disp)
 	}
 	var xs, xs3, xq4, dx4 GPVirtual
 	if V > 1 {
@@ -111,7 +170,21 @@ func tileKernel(t tileType, V int, vnni bool) {
 	}
 	xAt := func(v, disp int) Mem { return vecAt(xq, xq4, xs, xs3, v, disp) }
 	dAt := func(v, disp int) Mem { return vecAt(dx, dx4, xs, xs3, v, disp) }
-	oAt := func(v, disp int) Mem { return vecAt(dx, dx4, xs, xs3, v, disp+4) }
+	// The packed one-vector kernels count k = 8·(b − nb) up to 0 and
+	// address block b's record pair at xq+k (xq = x + 8·nb is where the
+	// pairs end) and its q8 values at xend + 4k (xend = xq + 32·nb): one
+	// ADDQ and a fused JNZ step both.
+	var k GPVirtual
+	if packed && V == 1 {
+		k = nb
+		xend := GP64()
+		SHLQ(U8(3), k)
+		LEAQ(Mem{Base: xq, Index: k, Scale: 4}, xend)
+		NEGQ(k)
+		xAt = func(_, disp int) Mem { return Mem{Base: xend, Index: k, Scale: 4, Disp: disp} }
+		dAt = func(_, disp int) Mem { return Mem{Base: xq, Index: k, Scale: 1, Disp: disp} }
+	}
+	oAt := func(v, disp int) Mem { return dAt(v, disp+4) }
 
 	var mask, ones VecVirtual
 	switch {
@@ -147,13 +220,24 @@ func tileKernel(t tileType, V int, vnni bool) {
 	// streams side by side are read from DRAM about 1.5x more slowly
 	// than one (and prefetching into L1 thrashes it: two groups of rows
 	// are larger).
-	pf := GP64()
-	LEAQ(Mem{Base: w4, Index: rb, Scale: 4}, pf)
+	// (A packed group's blocks are one contiguous stream: prefetch it
+	// packedPrefetch(V) bytes ahead, one line per 64 bytes of the block.)
+	var pf GPVirtual
+	if !packed {
+		pf = GP64()
+		LEAQ(Mem{Base: w4, Index: rb, Scale: 4}, pf)
+	}
 	Label(loop)
 	for off := 0; off < 8*bsize; off += 64 {
-		PREFETCHT1(Mem{Base: pf, Disp: off})
+		if packed {
+			PREFETCHT1(Mem{Base: w, Disp: packedPrefetch(V) + off})
+		} else {
+			PREFETCHT1(Mem{Base: pf, Disp: off})
+		}
 	}
-	ADDQ(U32(8*bsize), pf)
+	if !packed {
+		ADDQ(U32(8*bsize), pf)
+	}
 	// Integer sums per vector, seeded with the block's offset.
 	isum := make([]Register, V)
 	for v := range V {
@@ -194,6 +278,13 @@ func tileKernel(t tileType, V int, vnni bool) {
 	// AVX2, q4_0: int16 sums of the eight VPMADDUBSW (each ≤ 2·15·127,
 	// eight of them < 2^15), widened by one VPMADDWD at the end. q8_0
 	// (|w|·±x, up to 2·128·127 per pair) widens each.
+	// chunk returns the packed block's chunk c (lane r = row r's quant
+	// bytes 4c..4c+3).
+	chunk := func(c int) VecVirtual {
+		y := YMM()
+		VMOVDQU(Mem{Base: w, Disp: 16 + 32*c}, y)
+		return y
+	}
 	s16 := make([]VecVirtual, V)
 	dot := func(u, raw VecVirtual, disp int) {
 		for v := range V {
@@ -224,50 +315,56 @@ func tileKernel(t tileType, V int, vnni bool) {
 			}
 		}
 	}
-	if t.q4 {
-		c := rowsT(2)
+	switch {
+	case t.q4:
+		var c []VecVirtual
+		if !packed {
+			c = rowsT(2)
+		}
 		for j := range 4 {
+			cj := chunkOr(c, j, packed, chunk)
 			lo, hi := YMM(), YMM()
-			VPSRLD(U8(4), c[j], hi)
-			VPAND(mask, c[j], lo)
+			VPSRLD(U8(4), cj, hi)
+			VPAND(mask, cj, lo)
 			VPAND(mask, hi, hi)
 			dot(lo, nil, 4*j)
 			dot(hi, nil, 16+4*j)
 		}
-	} else {
+	case packed && vnni:
+		// w+128 straight from memory.
+		for j := range 8 {
+			u := YMM()
+			VPXOR(Mem{Base: w, Disp: 16 + 32*j}, mask, u)
+			dot(u, nil, 4*j)
+		}
+	default:
 		for half := range 2 {
-			c := rowsT(2 + 16*half)
+			var c []VecVirtual
+			if !packed {
+				c = rowsT(2 + 16*half)
+			}
 			for j := range 4 {
+				cj := chunkOr(c, j, packed, func(j int) VecVirtual { return chunk(4*half + j) })
 				u := YMM()
 				if vnni {
-					VPXOR(mask, c[j], u)
+					VPXOR(mask, cj, u)
 					dot(u, nil, 16*half+4*j)
 				} else {
-					VPSIGNB(c[j], c[j], u)
-					dot(u, c[j], 16*half+4*j)
+					VPSIGNB(cj, cj, u)
+					dot(u, cj, 16*half+4*j)
 				}
 			}
 		}
 	}
-	// The eight rows' scales, lane r = row r.
-	hx := XMM()
-	for half := range 2 {
-		g := GP64()
-		MOVWQZX(rowAt(4*half, 0), g)
-		for k := 1; k < 4; k++ {
-			h := GP64()
-			MOVWQZX(rowAt(4*half+k, 0), h)
-			SHLQ(U8(16*k), h)
-			ORQ(h, g)
-		}
-		if half == 0 {
-			VMOVQ(g, hx)
-		} else {
-			VPINSRQ(U8(1), g, hx, hx)
-		}
+	// The eight rows' scales, lane r = row r: in the packed layout one
+	// VCVTPH2PS from memory.
+	var dw VecVirtual
+	if packed {
+		dw = YMM()
+		VCVTPH2PS(Mem{Base: w}, dw)
+	} else {
+		dw = gatherScales(rowAt)
 	}
-	dw := YMM()
-	VCVTPH2PS(hx, dw)
 	for v := range V {
 		if !vnni {
 			if t.q4 {
@@ -290,16 +387,27 @@ func tileKernel(t tileType, V int, vnni bool) {
 		}
 		VFMADD231PS(f, s, acc[v])
 	}
-	ADDQ(U32(bsize), w)
-	ADDQ(U32(bsize), w4)
-	ADDQ(U32(32), xq)
-	ADDQ(U32(8), dx)
-	if xq4 != nil {
-		ADDQ(U32(32), xq4)
-		ADDQ(U32(8), dx4)
+	switch {
+	case packed && V == 1:
+		ADDQ(U32(8*bsize), w)
+		ADDQ(U8(8), k)
+		JNZ(LabelRef(loop))
+	case packed:
+		ADDQ(U32(8*bsize), w)
+	default:
+		ADDQ(U32(bsize), w)
+		ADDQ(U32(bsize), w4)
 	}
-	DECQ(nb)
-	JNZ(LabelRef(loop))
+	if k == nil {
+		ADDQ(U32(32), xq)
+		ADDQ(U32(8), dx)
+		if xq4 != nil {
+			ADDQ(U32(32), xq4)
+			ADDQ(U32(8), dx4)
+		}
+		DECQ(nb)
+		JNZ(LabelRef(loop))
+	}
 
 	Label(done)
 	out := GP64()
@@ -321,15 +429,51 @@ func tileKernel(t tileType, V int, vnni bool) {
 	RET()
 }
 
-// tileKernels generates the kernels for 1, 4 and (VNNI only: the AVX2
-// form runs out of its sixteen registers) 8 vectors.
-func tileKernels() {
-	for _, t := range []tileType{tq4_0, tq8_0} {
-		for _, V := range []int{1, 4} {
-			tileKernel(t, V, false)
+// chunkOr returns the row-major kernel's transposed c[j], or in the
+// packed layout the chunk load(j).
+func chunkOr(c []VecVirtual, j int, packed bool, load func(int) VecVirtual) VecVirtual {
+	if packed {
+		return load(j)
+	}
+	return c[j]
+}
+
+// gatherScales collects the eight rows' f16 scales (rowAt(r, 0)) into an
+// xmm, lane r = row r, and returns them converted to float32.
+func gatherScales(rowAt func(r, disp int) Mem) VecVirtual {
+	hx := XMM()
+	for half := range 2 {
+		g := GP64()
+		MOVWQZX(rowAt(4*half, 0), g)
+		for k := 1; k < 4; k++ {
+			h := GP64()
+			MOVWQZX(rowAt(4*half+k, 0), h)
+			SHLQ(U8(16*k), h)
+			ORQ(h, g)
 		}
-		for _, V := range []int{1, 4, 8} {
-			tileKernel(t, V, true)
+		if half == 0 {
+			VMOVQ(g, hx)
+		} else {
+			VPINSRQ(U8(1), g, hx, hx)
+		}
+	}
+	dw := YMM()
+	VCVTPH2PS(hx, dw)
+	return dw
+}
+
+// tileKernels generates the kernels for 1, 4 and (VNNI only: the AVX2
+// form runs out of its sixteen registers) 8 vectors, for the row-major
+// and the packed layout.
+func tileKernels() {
+	for _, packed := range []bool{false, true} {
+		for _, t := range []tileType{tq4_0, tq8_0} {
+			for _, V := range []int{1, 4} {
+				tileKernel(t, V, false, packed)
+			}
+			for _, V := range []int{1, 4, 8} {
+				tileKernel(t, V, true, packed)
+			}
 		}
 	}
 }
