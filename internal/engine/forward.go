@@ -515,19 +515,8 @@ func f32Bytes(x []float32) []byte {
 }
 
 // swiglu sets h = silu(h)·u, silu(g) = g/(1+e^-g), element by element,
-// as g·u/(1+e^-g).
-func swiglu(h, u []float32) {
-	u = u[:len(h)]
-	for i, g := range h {
-		var e float32
-		if v := -g; v >= expLo && v <= expHi {
-			e = expJoin(expSplit(v))
-		} else {
-			e = expf(v)
-		}
-		h[i] = g * u[i] / (1 + e)
-	}
-}
+// as g·u/(1+e^-g): kernels.SwiGLU (AVX2 on amd64, the same bits everywhere).
+func swiglu(h, u []float32) { kernels.SwiGLU(h, u) }
 
 // expf is e^x; see expInPlace.
 func expf(x float32) float32 {
@@ -536,68 +525,7 @@ func expf(x float32) float32 {
 	return a[0]
 }
 
-// expCore's range: e^x is a normal float32 and 2^k below 2^128.
-const (
-	expLo = -87.33654
-	expHi = 88.37626
-)
-
-// expCore is e^x for expLo ≤ x ≤ expHi, Cephes' expf: x = k·ln2 + r with
-// |r| ≤ ln2/2 (ln2 split in two so that k·ln2hi is exact), e^r by
-// Cephes' degree-7 polynomial, times 2^k built from its bits. It is
-// within 2 ulp of e^x (TestExpf). About a third of math.Exp's time with
-// the float64 round trip, and the same bits for the same x wherever it is
-// called, so a batch's rows stay independent of each other. The loops
-// (swiglu, expInPlace) call expJoin(expSplit(x)), which Go inlines (the
-// whole is over its inlining budget): no call per element.
-func expCore(x float32) float32 { return expJoin(expSplit(x)) }
-
-// expSplit is expCore's range reduction: t = k + 1.5·2^23 (the integer k
-// in t's low mantissa bits) and r = x − k·ln2.
-func expSplit(x float32) (t, r float32) {
-	const (
-		log2e = 1.44269504088896341
-		ln2hi = 0.693359375
-		ln2lo = -2.12194440e-4
-		// Adding and subtracting 1.5·2^23 rounds a float32 of magnitude
-		// below 2^22 to an integer (to even).
-		round = 12582912
-	)
-	t = x*log2e + round
-	kf := t - round
-	return t, x - kf*ln2hi - kf*ln2lo
-}
-
-// expJoin is e^r·2^k for expSplit's t and r.
-func expJoin(t, r float32) float32 {
-	// e^r = 1 + r + r²·P(r), P evaluated by Estrin's scheme (pairs of
-	// terms in parallel) rather than Horner's: the loops are bound by
-	// the latency of the chain, not by the count of operations.
-	r2 := r * r
-	y := (r + 1) + r2*((5.0000001201e-1+1.6666665459e-1*r)+r2*((4.1665795894e-2+8.3334519073e-3*r)+r2*(1.3981999507e-3+1.9875691500e-4*r)))
-	// 2^k: the low bits of t hold k + 2^22 (t's exponent is 2^23's).
-	return y * math.Float32frombits(math.Float32bits(t)<<23-expBias)
-}
-
-// expBias is (t's bits − 2^k's bits) << 23 for expCore's t = k + 1.5·2^23.
-const expBias = (0x4b400000 - 127) << 23 & 0xffffffff
-
-// expInPlace sets each x[i] to e^x[i] (expCore), with results below
+// expInPlace sets each x[i] to e^x[i] with kernels.Exp (Cephes' expf,
+// within 2 ulp, the same bits on every platform), with results below
 // 2^-126 flushed to 0, above the largest float32 +Inf, and NaN kept.
-func expInPlace(x []float32) {
-	for i, v := range x {
-		if v >= expLo && v <= expHi {
-			x[i] = expJoin(expSplit(v))
-			continue
-		}
-		switch {
-		case v != v:
-		case v < 0:
-			x[i] = 0
-		case v <= 88.72283: // e^v is finite, but 2^k would overflow
-			x[i] = float32(math.Exp(float64(v)))
-		default:
-			x[i] = float32(math.Inf(1))
-		}
-	}
-}
+func expInPlace(x []float32) { kernels.Exp(x) }

@@ -5887,3 +5887,263 @@ readloop:
 	MOVQ         AX, ret+16(FP)
 	VZEROUPPER
 	RET
+
+DATA expconst<>+0(SB)/4, $0x80000000
+DATA expconst<>+4(SB)/4, $0x80000000
+DATA expconst<>+8(SB)/4, $0x80000000
+DATA expconst<>+12(SB)/4, $0x80000000
+DATA expconst<>+16(SB)/4, $0x80000000
+DATA expconst<>+20(SB)/4, $0x80000000
+DATA expconst<>+24(SB)/4, $0x80000000
+DATA expconst<>+28(SB)/4, $0x80000000
+DATA expconst<>+32(SB)/4, $0xc2aeac4f
+DATA expconst<>+36(SB)/4, $0xc2aeac4f
+DATA expconst<>+40(SB)/4, $0xc2aeac4f
+DATA expconst<>+44(SB)/4, $0xc2aeac4f
+DATA expconst<>+48(SB)/4, $0xc2aeac4f
+DATA expconst<>+52(SB)/4, $0xc2aeac4f
+DATA expconst<>+56(SB)/4, $0xc2aeac4f
+DATA expconst<>+60(SB)/4, $0xc2aeac4f
+DATA expconst<>+64(SB)/4, $0x42b0c0a5
+DATA expconst<>+68(SB)/4, $0x42b0c0a5
+DATA expconst<>+72(SB)/4, $0x42b0c0a5
+DATA expconst<>+76(SB)/4, $0x42b0c0a5
+DATA expconst<>+80(SB)/4, $0x42b0c0a5
+DATA expconst<>+84(SB)/4, $0x42b0c0a5
+DATA expconst<>+88(SB)/4, $0x42b0c0a5
+DATA expconst<>+92(SB)/4, $0x42b0c0a5
+DATA expconst<>+96(SB)/4, $0x42b17217
+DATA expconst<>+100(SB)/4, $0x42b17217
+DATA expconst<>+104(SB)/4, $0x42b17217
+DATA expconst<>+108(SB)/4, $0x42b17217
+DATA expconst<>+112(SB)/4, $0x42b17217
+DATA expconst<>+116(SB)/4, $0x42b17217
+DATA expconst<>+120(SB)/4, $0x42b17217
+DATA expconst<>+124(SB)/4, $0x42b17217
+DATA expconst<>+128(SB)/4, $0x3fb8aa3b
+DATA expconst<>+132(SB)/4, $0x3fb8aa3b
+DATA expconst<>+136(SB)/4, $0x3fb8aa3b
+DATA expconst<>+140(SB)/4, $0x3fb8aa3b
+DATA expconst<>+144(SB)/4, $0x3fb8aa3b
+DATA expconst<>+148(SB)/4, $0x3fb8aa3b
+DATA expconst<>+152(SB)/4, $0x3fb8aa3b
+DATA expconst<>+156(SB)/4, $0x3fb8aa3b
+DATA expconst<>+160(SB)/4, $0x4b400000
+DATA expconst<>+164(SB)/4, $0x4b400000
+DATA expconst<>+168(SB)/4, $0x4b400000
+DATA expconst<>+172(SB)/4, $0x4b400000
+DATA expconst<>+176(SB)/4, $0x4b400000
+DATA expconst<>+180(SB)/4, $0x4b400000
+DATA expconst<>+184(SB)/4, $0x4b400000
+DATA expconst<>+188(SB)/4, $0x4b400000
+DATA expconst<>+192(SB)/4, $0x3f318000
+DATA expconst<>+196(SB)/4, $0x3f318000
+DATA expconst<>+200(SB)/4, $0x3f318000
+DATA expconst<>+204(SB)/4, $0x3f318000
+DATA expconst<>+208(SB)/4, $0x3f318000
+DATA expconst<>+212(SB)/4, $0x3f318000
+DATA expconst<>+216(SB)/4, $0x3f318000
+DATA expconst<>+220(SB)/4, $0x3f318000
+DATA expconst<>+224(SB)/4, $0xb95e8083
+DATA expconst<>+228(SB)/4, $0xb95e8083
+DATA expconst<>+232(SB)/4, $0xb95e8083
+DATA expconst<>+236(SB)/4, $0xb95e8083
+DATA expconst<>+240(SB)/4, $0xb95e8083
+DATA expconst<>+244(SB)/4, $0xb95e8083
+DATA expconst<>+248(SB)/4, $0xb95e8083
+DATA expconst<>+252(SB)/4, $0xb95e8083
+DATA expconst<>+256(SB)/4, $0x3f800000
+DATA expconst<>+260(SB)/4, $0x3f800000
+DATA expconst<>+264(SB)/4, $0x3f800000
+DATA expconst<>+268(SB)/4, $0x3f800000
+DATA expconst<>+272(SB)/4, $0x3f800000
+DATA expconst<>+276(SB)/4, $0x3f800000
+DATA expconst<>+280(SB)/4, $0x3f800000
+DATA expconst<>+284(SB)/4, $0x3f800000
+DATA expconst<>+288(SB)/4, $0x3f000000
+DATA expconst<>+292(SB)/4, $0x3f000000
+DATA expconst<>+296(SB)/4, $0x3f000000
+DATA expconst<>+300(SB)/4, $0x3f000000
+DATA expconst<>+304(SB)/4, $0x3f000000
+DATA expconst<>+308(SB)/4, $0x3f000000
+DATA expconst<>+312(SB)/4, $0x3f000000
+DATA expconst<>+316(SB)/4, $0x3f000000
+DATA expconst<>+320(SB)/4, $0x3e2aaaaa
+DATA expconst<>+324(SB)/4, $0x3e2aaaaa
+DATA expconst<>+328(SB)/4, $0x3e2aaaaa
+DATA expconst<>+332(SB)/4, $0x3e2aaaaa
+DATA expconst<>+336(SB)/4, $0x3e2aaaaa
+DATA expconst<>+340(SB)/4, $0x3e2aaaaa
+DATA expconst<>+344(SB)/4, $0x3e2aaaaa
+DATA expconst<>+348(SB)/4, $0x3e2aaaaa
+DATA expconst<>+352(SB)/4, $0x3d2aa9c1
+DATA expconst<>+356(SB)/4, $0x3d2aa9c1
+DATA expconst<>+360(SB)/4, $0x3d2aa9c1
+DATA expconst<>+364(SB)/4, $0x3d2aa9c1
+DATA expconst<>+368(SB)/4, $0x3d2aa9c1
+DATA expconst<>+372(SB)/4, $0x3d2aa9c1
+DATA expconst<>+376(SB)/4, $0x3d2aa9c1
+DATA expconst<>+380(SB)/4, $0x3d2aa9c1
+DATA expconst<>+384(SB)/4, $0x3c088908
+DATA expconst<>+388(SB)/4, $0x3c088908
+DATA expconst<>+392(SB)/4, $0x3c088908
+DATA expconst<>+396(SB)/4, $0x3c088908
+DATA expconst<>+400(SB)/4, $0x3c088908
+DATA expconst<>+404(SB)/4, $0x3c088908
+DATA expconst<>+408(SB)/4, $0x3c088908
+DATA expconst<>+412(SB)/4, $0x3c088908
+DATA expconst<>+416(SB)/4, $0x3ab743ce
+DATA expconst<>+420(SB)/4, $0x3ab743ce
+DATA expconst<>+424(SB)/4, $0x3ab743ce
+DATA expconst<>+428(SB)/4, $0x3ab743ce
+DATA expconst<>+432(SB)/4, $0x3ab743ce
+DATA expconst<>+436(SB)/4, $0x3ab743ce
+DATA expconst<>+440(SB)/4, $0x3ab743ce
+DATA expconst<>+444(SB)/4, $0x3ab743ce
+DATA expconst<>+448(SB)/4, $0x39506967
+DATA expconst<>+452(SB)/4, $0x39506967
+DATA expconst<>+456(SB)/4, $0x39506967
+DATA expconst<>+460(SB)/4, $0x39506967
+DATA expconst<>+464(SB)/4, $0x39506967
+DATA expconst<>+468(SB)/4, $0x39506967
+DATA expconst<>+472(SB)/4, $0x39506967
+DATA expconst<>+476(SB)/4, $0x39506967
+DATA expconst<>+480(SB)/4, $0xc0800000
+DATA expconst<>+484(SB)/4, $0xc0800000
+DATA expconst<>+488(SB)/4, $0xc0800000
+DATA expconst<>+492(SB)/4, $0xc0800000
+DATA expconst<>+496(SB)/4, $0xc0800000
+DATA expconst<>+500(SB)/4, $0xc0800000
+DATA expconst<>+504(SB)/4, $0xc0800000
+DATA expconst<>+508(SB)/4, $0xc0800000
+DATA expconst<>+512(SB)/4, $0x7f800000
+DATA expconst<>+516(SB)/4, $0x7f800000
+DATA expconst<>+520(SB)/4, $0x7f800000
+DATA expconst<>+524(SB)/4, $0x7f800000
+DATA expconst<>+528(SB)/4, $0x7f800000
+DATA expconst<>+532(SB)/4, $0x7f800000
+DATA expconst<>+536(SB)/4, $0x7f800000
+DATA expconst<>+540(SB)/4, $0x7f800000
+GLOBL expconst<>(SB), RODATA|NOPTR, $544
+
+// func expAVX2(x *float32, n int) int
+// Requires: AVX, AVX2
+TEXT ·expAVX2(SB), NOSPLIT, $0-24
+	MOVQ x+0(FP), AX
+	MOVQ n+8(FP), CX
+	XORQ DX, DX
+
+expAVX2loop:
+	CMPQ      DX, CX
+	JGE       expAVX2done
+	VMOVUPS   (AX)(DX*4), Y0
+	VCMPPS    $0x0e, expconst<>+64(SB), Y0, Y1
+	VCMPPS    $0x02, expconst<>+96(SB), Y0, Y2
+	VANDPS    Y2, Y1, Y1
+	VMOVMSKPS Y1, BX
+	TESTL     BX, BX
+	JNZ       expAVX2done
+	VMULPS    expconst<>+128(SB), Y0, Y1
+	VADDPS    expconst<>+160(SB), Y1, Y1
+	VSUBPS    expconst<>+160(SB), Y1, Y2
+	VMULPS    expconst<>+192(SB), Y2, Y4
+	VSUBPS    Y4, Y0, Y3
+	VMULPS    expconst<>+224(SB), Y2, Y4
+	VSUBPS    Y4, Y3, Y3
+	VMULPS    Y3, Y3, Y2
+	VMULPS    expconst<>+448(SB), Y3, Y6
+	VADDPS    expconst<>+416(SB), Y6, Y6
+	VMULPS    expconst<>+384(SB), Y3, Y5
+	VADDPS    expconst<>+352(SB), Y5, Y5
+	VMULPS    expconst<>+320(SB), Y3, Y4
+	VADDPS    expconst<>+288(SB), Y4, Y4
+	VMULPS    Y6, Y2, Y6
+	VADDPS    Y6, Y5, Y5
+	VMULPS    Y5, Y2, Y5
+	VADDPS    Y5, Y4, Y4
+	VMULPS    Y4, Y2, Y4
+	VADDPS    expconst<>+256(SB), Y3, Y2
+	VADDPS    Y4, Y2, Y2
+	VPSLLD    $0x17, Y1, Y1
+	VPSUBD    expconst<>+480(SB), Y1, Y1
+	VMULPS    Y1, Y2, Y2
+	VCMPPS    $0x0d, expconst<>+32(SB), Y0, Y1
+	VCMPPS    $0x02, expconst<>+64(SB), Y0, Y3
+	VANDPS    Y3, Y1, Y1
+	VBLENDVPS Y1, Y2, Y0, Y2
+	VCMPPS    $0x01, expconst<>+32(SB), Y0, Y1
+	VANDNPS   Y2, Y1, Y2
+	VCMPPS    $0x0e, expconst<>+96(SB), Y0, Y1
+	VBLENDVPS Y1, expconst<>+512(SB), Y2, Y2
+	VMOVUPS   Y2, (AX)(DX*4)
+	ADDQ      $0x08, DX
+	JMP       expAVX2loop
+
+expAVX2done:
+	MOVQ DX, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func swigluAVX2(h *float32, u *float32, n int) int
+// Requires: AVX, AVX2
+TEXT ·swigluAVX2(SB), NOSPLIT, $0-32
+	MOVQ h+0(FP), AX
+	MOVQ u+8(FP), CX
+	MOVQ n+16(FP), DX
+	XORQ BX, BX
+
+swigluAVX2loop:
+	CMPQ      BX, DX
+	JGE       swigluAVX2done
+	VMOVUPS   (AX)(BX*4), Y0
+	VXORPS    expconst<>+0(SB), Y0, Y1
+	VCMPPS    $0x0e, expconst<>+64(SB), Y1, Y2
+	VCMPPS    $0x02, expconst<>+96(SB), Y1, Y3
+	VANDPS    Y3, Y2, Y2
+	VMOVMSKPS Y2, SI
+	TESTL     SI, SI
+	JNZ       swigluAVX2done
+	VMULPS    expconst<>+128(SB), Y1, Y2
+	VADDPS    expconst<>+160(SB), Y2, Y2
+	VSUBPS    expconst<>+160(SB), Y2, Y3
+	VMULPS    expconst<>+192(SB), Y3, Y5
+	VSUBPS    Y5, Y1, Y4
+	VMULPS    expconst<>+224(SB), Y3, Y5
+	VSUBPS    Y5, Y4, Y4
+	VMULPS    Y4, Y4, Y3
+	VMULPS    expconst<>+448(SB), Y4, Y7
+	VADDPS    expconst<>+416(SB), Y7, Y7
+	VMULPS    expconst<>+384(SB), Y4, Y6
+	VADDPS    expconst<>+352(SB), Y6, Y6
+	VMULPS    expconst<>+320(SB), Y4, Y5
+	VADDPS    expconst<>+288(SB), Y5, Y5
+	VMULPS    Y7, Y3, Y7
+	VADDPS    Y7, Y6, Y6
+	VMULPS    Y6, Y3, Y6
+	VADDPS    Y6, Y5, Y5
+	VMULPS    Y5, Y3, Y5
+	VADDPS    expconst<>+256(SB), Y4, Y3
+	VADDPS    Y5, Y3, Y3
+	VPSLLD    $0x17, Y2, Y2
+	VPSUBD    expconst<>+480(SB), Y2, Y2
+	VMULPS    Y2, Y3, Y3
+	VCMPPS    $0x0d, expconst<>+32(SB), Y1, Y2
+	VCMPPS    $0x02, expconst<>+64(SB), Y1, Y4
+	VANDPS    Y4, Y2, Y2
+	VBLENDVPS Y2, Y3, Y1, Y3
+	VCMPPS    $0x01, expconst<>+32(SB), Y1, Y2
+	VANDNPS   Y3, Y2, Y3
+	VCMPPS    $0x0e, expconst<>+96(SB), Y1, Y2
+	VBLENDVPS Y2, expconst<>+512(SB), Y3, Y3
+	VMOVUPS   (CX)(BX*4), Y1
+	VMULPS    Y0, Y1, Y1
+	VADDPS    expconst<>+256(SB), Y3, Y3
+	VDIVPS    Y3, Y1, Y1
+	VMOVUPS   Y1, (AX)(BX*4)
+	ADDQ      $0x08, BX
+	JMP       swigluAVX2loop
+
+swigluAVX2done:
+	MOVQ BX, ret+24(FP)
+	VZEROUPPER
+	RET

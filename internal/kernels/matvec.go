@@ -161,19 +161,7 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 		panic(fmt.Sprintf("kernels.%s: negative size rows=%d n=%d", fn, rows, n))
 	}
 	rb := rowBytes(fn, typ, cols)
-	switch {
-	case len(w) != rows*rb:
-		panic(fmt.Sprintf("kernels.%s: %d×%d %v matrix is %d bytes, got %d", fn, rows, cols, typ, rows*rb, len(w)))
-	case len(x) < n*cols:
-		panic(fmt.Sprintf("kernels.%s: x has %d elements, want %d vectors of %d", fn, len(x), n, cols))
-	case len(dst) < n*rows:
-		panic(fmt.Sprintf("kernels.%s: dst has %d elements, want %d vectors of %d", fn, len(dst), n, rows))
-	}
-	if rows == 0 || n == 0 {
-		return
-	}
-	if cols == 0 {
-		clear(dst[:n*rows])
+	if empty(fn, "", typ, rows, cols, n, rows*rb, len(w), dst, x) {
 		return
 	}
 	im := active.Load()
@@ -243,6 +231,29 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 		return
 	}
 	pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), sc.out4, kdot, kdot4))
+}
+
+// empty checks a product's lengths (the matrix is want bytes, got given;
+// label names its layout in the message), panicking as MatVec documents,
+// and reports whether there is nothing left to compute: no rows or
+// vectors, or no columns (dst is then zeroed).
+func empty(fn, label string, typ gguf.Type, rows, cols, n, want, got int, dst, x []float32) bool {
+	switch {
+	case got != want:
+		panic(fmt.Sprintf("kernels.%s: %s%d×%d %v matrix is %d bytes, got %d", fn, label, rows, cols, typ, want, got))
+	case len(x) < n*cols:
+		panic(fmt.Sprintf("kernels.%s: x has %d elements, want %d vectors of %d", fn, len(x), n, cols))
+	case len(dst) < n*rows:
+		panic(fmt.Sprintf("kernels.%s: dst has %d elements, want %d vectors of %d", fn, len(dst), n, rows))
+	}
+	if rows == 0 || n == 0 {
+		return true
+	}
+	if cols == 0 {
+		clear(dst[:n*rows])
+		return true
+	}
+	return false
 }
 
 // vecTile is how many activation vectors a batched product takes per pass

@@ -166,19 +166,7 @@ func MatMulPacked(dst []float32, p []byte, typ gguf.Type, rows, cols int, x []fl
 	}
 	rb := rowBytes(fn, typ, cols)
 	size := packedSize(fn, typ, rows, cols)
-	switch {
-	case len(p) != size:
-		panic(fmt.Sprintf("kernels.%s: packed %d×%d %v matrix is %d bytes, got %d", fn, rows, cols, typ, size, len(p)))
-	case len(x) < n*cols:
-		panic(fmt.Sprintf("kernels.%s: x has %d elements, want %d vectors of %d", fn, len(x), n, cols))
-	case len(dst) < n*rows:
-		panic(fmt.Sprintf("kernels.%s: dst has %d elements, want %d vectors of %d", fn, len(dst), n, rows))
-	}
-	if rows == 0 || n == 0 {
-		return
-	}
-	if cols == 0 {
-		clear(dst[:n*rows])
+	if empty(fn, "packed ", typ, rows, cols, n, size, len(p), dst, x) {
 		return
 	}
 	im := active.Load()

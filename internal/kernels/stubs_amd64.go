@@ -286,3 +286,17 @@ func quantQ8AVX2(x *float32, qs *int8, d *float32, s *float32, sum *int32, nb in
 //
 //go:noescape
 func readSumAVX2(p *byte, n int) uint64
+
+// expAVX2 does expGeneric on x[:n] (n a multiple of 8), 8 at a time. It
+// stops before the first 8 with an x in (expHi, 88.72283], which need
+// math.Exp, and returns how many it did.
+//
+//go:noescape
+func expAVX2(x *float32, n int) int
+
+// swigluAVX2 does swigluGeneric on h[:n], u[:n] (n a multiple of 8), 8 at a
+// time. It stops before the first 8 with a −h in (expHi, 88.72283], which need
+// math.Exp, and returns how many it did.
+//
+//go:noescape
+func swigluAVX2(h *float32, u *float32, n int) int

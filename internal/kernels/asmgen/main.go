@@ -37,6 +37,7 @@ func main() {
 	tileKernels()
 	quantQ8()
 	readSum()
+	expKernels()
 	Generate()
 }
 
