@@ -22,7 +22,7 @@ func newBenchEngineCmd(g *globals) *cobra.Command {
 		profile string
 	)
 	cmd := &cobra.Command{
-		Use:   "engine --model PATH [--threads N] [--batch 1,8] [--quantize q8_0|q4_0] [--json]",
+		Use:   "engine --model PATH [--threads N] [--batch 1,8] [--rounds N] [--quantize q8_0|q4_0] [--json]",
 		Short: "Measure the built-in engine: prefill and decode tok/s, peak RSS, memory-bandwidth bound",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -35,6 +35,9 @@ func newBenchEngineCmd(g *globals) *cobra.Command {
 				}
 			}
 			o.Batches = batches
+			if o.Rounds < 1 || o.Rounds > 100 {
+				return fmt.Errorf("--rounds %d: give 1 to 100 rounds", o.Rounds)
+			}
 			if profile != "" {
 				f, err := os.Create(profile)
 				if err != nil {
@@ -69,6 +72,9 @@ func newBenchEngineCmd(g *globals) *cobra.Command {
 				rate := r.DecodeTokS[strconv.Itoa(b)]
 				cpu := r.DecodeCPUTokS[strconv.Itoa(b)]
 				fmt.Fprintf(w, "decode b=%-3d %.1f tok/s aggregate (%.2fx batch 1); %.1f tok/s by CPU time (%.2fx)\n", b, rate, rate/r.DecodeTokS["1"], cpu, cpu/r.DecodeCPUTokS["1"])
+				if rs := r.DecodeRounds[strconv.Itoa(b)]; len(rs) > 1 {
+					fmt.Fprintf(w, "             median of %d rounds:%s\n", len(rs), fmtRates(rs))
+				}
 			}
 			fmt.Fprintf(w, "bandwidth    %.1f GB/s measured; %.1f MiB of weights read per token\n", r.MemoryBandwidthBytesS/1e9, float64(r.WeightBytesPerToken)/(1<<20))
 			fmt.Fprintf(w, "bound        %.1f tok/s at batch 1; measured decode is %.0f%% of it\n", r.BandwidthBoundTokS, 100*r.DecodeOfBound)
@@ -82,9 +88,19 @@ func newBenchEngineCmd(g *globals) *cobra.Command {
 	f.IntSliceVar(&batches, "batch", []int{1, 8}, "decode batch sizes")
 	f.IntVar(&o.Prompt, "prompt-tokens", 128, "prompt length for the prefill measurement")
 	f.IntVar(&o.Decode, "decode-tokens", 32, "tokens generated per sequence for the decode measurement")
+	f.IntVar(&o.Rounds, "rounds", 1, "repeat the decode measurements, batch sizes alternating, and report each size's median")
 	f.StringVar(&o.Quantize, "quantize", "", "convert F32/F16/BF16 weights at load: q8_0 or q4_0 (default: compute with the file's types)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.StringVar(&profile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	_ = cmd.MarkFlagRequired("model")
 	return cmd
+}
+
+// fmtRates lists rates as " 12.3 45.6 ...".
+func fmtRates(v []float64) string {
+	var b []byte
+	for _, x := range v {
+		b = fmt.Appendf(b, " %.1f", x)
+	}
+	return string(b)
 }

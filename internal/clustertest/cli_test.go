@@ -40,6 +40,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"ca", "init", "--dir", filepath.Join(dir, "ca")}, "exists"},
 		{[]string{"generate", "--api", "http://127.0.0.1:1", "hi"}, "cannot reach"},
 		{[]string{"model", "synth", "-o", filepath.Join(dir, "m.gguf"), "--type", "q9"}, "unknown weight type"},
+		{[]string{"bench", "engine", "--model", filepath.Join(dir, "m.gguf"), "--rounds", "0"}, "--rounds"},
 		{[]string{"node", "--coordinator", "127.0.0.1:1", "--tls-dir", filepath.Join(dir, "c"), "--model", "/nonexistent.gguf"}, "nonexistent"},
 		{[]string{"node", "--coordinator", "127.0.0.1:1", "--tls-dir", filepath.Join(dir, "n"), "--metrics-listen", "", "--model", filepath.Join(testdata.Root(t), "internal", "demo", "stories260K.gguf"), "--quantize", "q9_9"}, "q9_9"},
 	}

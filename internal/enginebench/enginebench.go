@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,11 @@ type Options struct {
 	Decode  int   // tokens generated per sequence for the decode measurement
 	// Quantize converts F32/F16/BF16 weights at load (engine.Options.Quantize).
 	Quantize string
+	// Rounds repeats the decode measurements, the batch sizes alternating
+	// (1, 8, 1, 8, ...), and reports each size's median: on a shared
+	// machine a burst of other work then spoils one round, not the result.
+	// 0 means 1.
+	Rounds int
 }
 
 // Result is what one run measured. JSON names are stable: scripts compare runs.
@@ -45,13 +51,16 @@ type Result struct {
 	// took its cores, an estimate (it ignores time the threads spend
 	// waiting for each other) that a shared, noisy machine cannot spoil
 	// as it spoils wall-clock rates. 0 where CPU time is unknown.
-	DecodeCPUTokS         map[string]float64 `json:"decode_cpu_tok_s"`
-	WeightBytesPerToken   int64              `json:"weight_bytes_per_token"`
-	MemoryBandwidthBytesS float64            `json:"memory_bandwidth_bytes_s"`
-	BandwidthBoundTokS    float64            `json:"bandwidth_bound_tok_s"`
-	DecodeOfBound         float64            `json:"decode_batch1_of_bound"`
-	PeakRSSBytes          int64              `json:"peak_rss_bytes"`
-	KVBudgetBytes         int64              `json:"kv_budget_bytes"`
+	DecodeCPUTokS map[string]float64 `json:"decode_cpu_tok_s"`
+	// DecodeRounds holds every round's wall-clock rate per batch size, in
+	// order, when Options.Rounds > 1 (DecodeTokS is their median).
+	DecodeRounds          map[string][]float64 `json:"decode_tok_s_rounds,omitempty"`
+	WeightBytesPerToken   int64                `json:"weight_bytes_per_token"`
+	MemoryBandwidthBytesS float64              `json:"memory_bandwidth_bytes_s"`
+	BandwidthBoundTokS    float64              `json:"bandwidth_bound_tok_s"`
+	DecodeOfBound         float64              `json:"decode_batch1_of_bound"`
+	PeakRSSBytes          int64                `json:"peak_rss_bytes"`
+	KVBudgetBytes         int64                `json:"kv_budget_bytes"`
 }
 
 // Run loads the model and measures it.
@@ -117,13 +126,24 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// greedy, all sequences concurrent; the rate counts the tokens after each
 	// sequence's first, over the span from the first first-token to the last
 	// token.
-	for _, b := range o.Batches {
-		rate, cpuRate, err := decodeRate(ctx, m, b, o.Decode, func() []int32 { return prompt(8) })
-		if err != nil {
-			return nil, err
+	rounds := max(o.Rounds, 1)
+	wall, cpu := map[string][]float64{}, map[string][]float64{}
+	for range rounds {
+		for _, b := range o.Batches {
+			rate, cpuRate, err := decodeRate(ctx, m, b, o.Decode, func() []int32 { return prompt(8) })
+			if err != nil {
+				return nil, err
+			}
+			k := strconv.Itoa(b)
+			wall[k] = append(wall[k], rate)
+			cpu[k] = append(cpu[k], cpuRate*float64(max(o.Threads, 1)))
 		}
-		r.DecodeTokS[strconv.Itoa(b)] = rate
-		r.DecodeCPUTokS[strconv.Itoa(b)] = cpuRate * float64(max(o.Threads, 1))
+	}
+	for k := range wall {
+		r.DecodeTokS[k], r.DecodeCPUTokS[k] = median(wall[k]), median(cpu[k])
+	}
+	if rounds > 1 {
+		r.DecodeRounds = wall
 	}
 	if perToken > 0 {
 		r.BandwidthBoundTokS = bw / float64(perToken)
@@ -132,6 +152,17 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	r.PeakRSSBytes = peakRSS()
 	r.KVBudgetBytes = m.KVBudgetBytes()
 	return r, nil
+}
+
+// median is the middle value of v (the mean of the two middle ones for an
+// even count).
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // decodeRate returns the wall-clock rate and the rate per CPU-second of

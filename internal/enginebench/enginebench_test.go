@@ -31,3 +31,25 @@ func TestRunErrors(t *testing.T) {
 		t.Fatal("no error for a missing model")
 	}
 }
+
+// TestRoundsReportMedian: with Rounds every batch size is measured that many
+// times and reported as the median of its rounds.
+func TestRoundsReportMedian(t *testing.T) {
+	model := filepath.Join(testdata.Dir(t, "stories260K"), "stories260K.gguf")
+	r, err := Run(context.Background(), Options{Model: model, Threads: 1, Batches: []int{1, 2}, Prompt: 16, Decode: 6, Rounds: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"1", "2"} {
+		rs := r.DecodeRounds[k]
+		if len(rs) != 3 {
+			t.Fatalf("batch %s: %d rounds recorded, want 3", k, len(rs))
+		}
+		if m := median(rs); r.DecodeTokS[k] != m || m <= 0 {
+			t.Errorf("batch %s: reported %v, median of %v is %v", k, r.DecodeTokS[k], rs, m)
+		}
+	}
+	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+		t.Errorf("median of 4 values = %v, want 2.5", got)
+	}
+}
