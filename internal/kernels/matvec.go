@@ -233,6 +233,14 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 	pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), sc.out4, kdot, kdot4))
 }
 
+// quantGrain is how many of n activation vectors of cols elements one
+// chunk of their quantization takes: about 16K elements, and no more than
+// a thread's share, so that a decode batch (8 vectors of 2048) is split
+// over the threads instead of quantized by the caller while they wait.
+func quantGrain(n, cols int, pool *Pool) int {
+	return max(1, min(16384/max(cols, 1), (n+pool.Threads()-1)/pool.Threads()))
+}
+
 // empty checks a product's lengths (the matrix is want bytes, got given;
 // label names its layout in the message), panicking as MatVec documents,
 // and reports whether there is nothing left to compute: no rows or
@@ -299,7 +307,7 @@ func (sc *scratch) q8Vecs(quant func(*q8Vec, []float32), x []float32, n, cols in
 	for i := range n {
 		sc.q8[i] = q8Vec{qs: sc.qs[i*cols : (i+1)*cols], d: sc.d[i*nb : (i+1)*nb], s: sc.s[i*nb : (i+1)*nb], sum: sc.sum[i*nb : (i+1)*nb]}
 	}
-	pool.parallel(n, max(1, 16384/cols), func(lo, hi int) {
+	pool.parallel(n, quantGrain(n, cols, pool), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			quant(&sc.q8[i], x[i*cols:(i+1)*cols])
 		}
@@ -322,7 +330,7 @@ func (sc *scratch) q8KVecs(x []float32, n, cols int, pool *Pool) []q8KVec {
 			bsums: unsafe.Slice((*int16)(unsafe.Add(r, cols+4*nb)), 16*nb),
 		}
 	}
-	pool.parallel(n, max(1, 16384/cols), func(lo, hi int) {
+	pool.parallel(n, quantGrain(n, cols, pool), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			quantizeQ8K(&sc.q8K[i], x[i*cols:(i+1)*cols])
 		}
