@@ -78,6 +78,10 @@ func newBenchEngineCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(w, "bandwidth    %.1f GB/s measured; %.1f MiB of weights read per token\n", r.MemoryBandwidthBytesS/1e9, float64(r.WeightBytesPerToken)/(1<<20))
 			fmt.Fprintf(w, "bound        %.1f tok/s at batch 1; measured decode is %.0f%% of it\n", r.BandwidthBoundTokS, 100*r.DecodeOfBound)
+			if len(r.BandwidthRounds) > 1 {
+				fmt.Fprintf(w, "             medians of %d rounds, each batch 1 against its own round's bandwidth: GB/s%s; %% of bound%s\n",
+					len(r.BandwidthRounds), fmtScaled(r.BandwidthRounds, 1e-9), fmtScaled(r.OfBoundRounds, 100))
+			}
 			fmt.Fprintf(w, "peak RSS     %.1f MiB\n", float64(r.PeakRSSBytes)/(1<<20))
 			return nil
 		},
@@ -97,10 +101,13 @@ func newBenchEngineCmd(g *globals) *cobra.Command {
 }
 
 // fmtRates lists rates as " 12.3 45.6 ...".
-func fmtRates(v []float64) string {
+func fmtRates(v []float64) string { return fmtScaled(v, 1) }
+
+// fmtScaled lists v times scale as " 12.3 45.6 ...".
+func fmtScaled(v []float64, scale float64) string {
 	var b []byte
 	for _, x := range v {
-		b = fmt.Appendf(b, " %.1f", x)
+		b = fmt.Appendf(b, " %.1f", x*scale)
 	}
 	return string(b)
 }

@@ -32,7 +32,9 @@ type Options struct {
 	// Rounds repeats the decode measurements, the batch sizes alternating
 	// (1, 8, 1, 8, ...), and reports each size's median: on a shared
 	// machine a burst of other work then spoils one round, not the result.
-	// 0 means 1.
+	// With more than one round the memory bandwidth is also measured
+	// before each round, and batch 1 is set against that round's bound:
+	// a shared host's bandwidth drifts by half over minutes. 0 means 1.
 	Rounds int
 }
 
@@ -54,13 +56,18 @@ type Result struct {
 	DecodeCPUTokS map[string]float64 `json:"decode_cpu_tok_s"`
 	// DecodeRounds holds every round's wall-clock rate per batch size, in
 	// order, when Options.Rounds > 1 (DecodeTokS is their median).
-	DecodeRounds          map[string][]float64 `json:"decode_tok_s_rounds,omitempty"`
-	WeightBytesPerToken   int64                `json:"weight_bytes_per_token"`
-	MemoryBandwidthBytesS float64              `json:"memory_bandwidth_bytes_s"`
-	BandwidthBoundTokS    float64              `json:"bandwidth_bound_tok_s"`
-	DecodeOfBound         float64              `json:"decode_batch1_of_bound"`
-	PeakRSSBytes          int64                `json:"peak_rss_bytes"`
-	KVBudgetBytes         int64                `json:"kv_budget_bytes"`
+	DecodeRounds map[string][]float64 `json:"decode_tok_s_rounds,omitempty"`
+	// BandwidthRounds and OfBoundRounds are each round's bandwidth and
+	// batch-1 share of its bound (Options.Rounds > 1); the bandwidth,
+	// bound and share above are then their medians.
+	BandwidthRounds       []float64 `json:"memory_bandwidth_rounds_bytes_s,omitempty"`
+	OfBoundRounds         []float64 `json:"decode_batch1_of_bound_rounds,omitempty"`
+	WeightBytesPerToken   int64     `json:"weight_bytes_per_token"`
+	MemoryBandwidthBytesS float64   `json:"memory_bandwidth_bytes_s"`
+	BandwidthBoundTokS    float64   `json:"bandwidth_bound_tok_s"`
+	DecodeOfBound         float64   `json:"decode_batch1_of_bound"`
+	PeakRSSBytes          int64     `json:"peak_rss_bytes"`
+	KVBudgetBytes         int64     `json:"kv_budget_bytes"`
 }
 
 // Run loads the model and measures it.
@@ -81,8 +88,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// Measure bandwidth before the model is loaded, so the model's pages do
 	// not compete with the measurement's buffer; the best of three, since
 	// other processes on a shared machine only ever lower it.
+	// (With several rounds each round measures its own instead.)
 	var bw float64
 	for range 3 {
+		if o.Rounds > 1 {
+			break
+		}
 		bw = max(bw, kernels.MeasureBandwidth())
 	}
 	// Give the measurement's buffer back and restart the RSS high-water mark
@@ -128,7 +139,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// token.
 	rounds := max(o.Rounds, 1)
 	wall, cpu := map[string][]float64{}, map[string][]float64{}
+	var peak int64
 	for range rounds {
+		if rounds > 1 {
+			// This round's bandwidth, its buffer given back and the RSS
+			// high-water mark restarted after it (the peak so far kept).
+			peak = max(peak, peakRSS())
+			r.BandwidthRounds = append(r.BandwidthRounds, kernels.MeasureBandwidth())
+			debug.FreeOSMemory()
+			_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+		}
 		for _, b := range o.Batches {
 			rate, cpuRate, err := decodeRate(ctx, m, b, o.Decode, func() []int32 { return prompt(8) })
 			if err != nil {
@@ -137,6 +157,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			k := strconv.Itoa(b)
 			wall[k] = append(wall[k], rate)
 			cpu[k] = append(cpu[k], cpuRate*float64(max(o.Threads, 1)))
+			if b == 1 && rounds > 1 && perToken > 0 {
+				bound := r.BandwidthRounds[len(r.BandwidthRounds)-1] / float64(perToken)
+				r.OfBoundRounds = append(r.OfBoundRounds, rate/bound)
+			}
 		}
 	}
 	for k := range wall {
@@ -144,12 +168,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if rounds > 1 {
 		r.DecodeRounds = wall
+		r.MemoryBandwidthBytesS = median(r.BandwidthRounds)
 	}
 	if perToken > 0 {
-		r.BandwidthBoundTokS = bw / float64(perToken)
+		r.BandwidthBoundTokS = r.MemoryBandwidthBytesS / float64(perToken)
 		r.DecodeOfBound = r.DecodeTokS["1"] / r.BandwidthBoundTokS
+		if len(r.OfBoundRounds) > 0 {
+			r.DecodeOfBound = median(r.OfBoundRounds)
+		}
 	}
-	r.PeakRSSBytes = peakRSS()
+	r.PeakRSSBytes = max(peak, peakRSS())
 	r.KVBudgetBytes = m.KVBudgetBytes()
 	return r, nil
 }

@@ -49,6 +49,12 @@ func TestRoundsReportMedian(t *testing.T) {
 			t.Errorf("batch %s: reported %v, median of %v is %v", k, r.DecodeTokS[k], rs, m)
 		}
 	}
+	if len(r.BandwidthRounds) != 3 || len(r.OfBoundRounds) != 3 || r.MemoryBandwidthBytesS != median(r.BandwidthRounds) {
+		t.Errorf("bandwidth per round %v (median %v), batch 1 of bound per round %v; want 3 each and their median", r.BandwidthRounds, r.MemoryBandwidthBytesS, r.OfBoundRounds)
+	}
+	if r.DecodeOfBound != median(r.OfBoundRounds) || r.PeakRSSBytes <= 0 {
+		t.Errorf("share of bound %v, want the rounds' median %v; peak RSS %d", r.DecodeOfBound, median(r.OfBoundRounds), r.PeakRSSBytes)
+	}
 	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Errorf("median of 4 values = %v, want 2.5", got)
 	}
