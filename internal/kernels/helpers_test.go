@@ -1,8 +1,11 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
+	"testing"
 
 	"github.com/npumesh/npumesh/internal/gguf"
 )
@@ -106,4 +109,26 @@ func quantizedActivation(typ gguf.Type, x []float32) (xq []float64, bound []floa
 		xq[i], bound[i] = d*float64(v.qs[i]), d/2*1.0001
 	}
 	return xq, bound
+}
+
+// panicCase is a call that must panic with a message containing want.
+type panicCase struct {
+	name, want string
+	f          func()
+}
+
+// expectPanics runs each case as a subtest and checks its panic.
+func expectPanics(t *testing.T, cases []panicCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			defer func() {
+				r := recover()
+				if r == nil || !strings.Contains(fmt.Sprint(r), c.want) {
+					t.Errorf("recovered %v, want a panic containing %q", r, c.want)
+				}
+			}()
+			c.f()
+		})
+	}
 }

@@ -278,10 +278,7 @@ func TestPanics(t *testing.T) {
 	w := make([]byte, 2*18)
 	x := make([]float32, 32)
 	dst := make([]float32, 2)
-	cases := []struct {
-		name, want string
-		f          func()
-	}{
+	cases := []panicCase{
 		{"short weights", "2×32 Q4_0 matrix is 36 bytes, got 18", func() { MatVec(dst, w[:18], gguf.TypeQ4_0, 2, 32, x, nil) }},
 		{"short x", "x has 16 elements", func() { MatVec(dst, w, gguf.TypeQ4_0, 2, 32, x[:16], nil) }},
 		{"short dst", "dst has 1 elements", func() { MatVec(dst[:1], w, gguf.TypeQ4_0, 2, 32, x, nil) }},
@@ -291,17 +288,7 @@ func TestPanics(t *testing.T) {
 		{"Dequantize length", "kernels.Dequantize: 32 Q4_0 elements need 18 bytes, got 36", func() { _ = Dequantize(x, w, gguf.TypeQ4_0) }},
 		{"Quantize length", "kernels.Quantize: 32 Q8_0 elements need 34 bytes, got 36", func() { _ = Quantize(w, x, gguf.TypeQ8_0) }},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			defer func() {
-				r := recover()
-				if r == nil || !strings.Contains(fmt.Sprint(r), c.want) {
-					t.Errorf("recovered %v, want a panic containing %q", r, c.want)
-				}
-			}()
-			c.f()
-		})
-	}
+	expectPanics(t, cases)
 }
 
 func TestSetGeneric(t *testing.T) {

@@ -2,9 +2,7 @@ package kernels
 
 import (
 	"bytes"
-	"fmt"
 	"math/rand/v2"
-	"strings"
 	"testing"
 
 	"github.com/npumesh/npumesh/internal/gguf"
@@ -156,10 +154,7 @@ func TestPackedPanics(t *testing.T) {
 	p := make([]byte, 2*144)
 	x := make([]float32, 32)
 	dst := make([]float32, 9)
-	cases := []struct {
-		name, want string
-		f          func()
-	}{
+	cases := []panicCase{
 		{"size type", "kernels.PackedSize: no packed layout for Q4_1", func() { PackedSize(gguf.TypeQ4_1, 8, 32) }},
 		{"size partial block", "not a whole number", func() { PackedSize(gguf.TypeQ4_0, 8, 31) }},
 		{"pack short w", "kernels.PackInto: 9×32 Q4_0 matrix is 162 bytes, got 144", func() { PackInto(p, w[:144], gguf.TypeQ4_0, 9, 32) }},
@@ -169,17 +164,7 @@ func TestPackedPanics(t *testing.T) {
 		{"matmul short x", "kernels.MatMulPacked: x has 32 elements, want 2 vectors", func() { MatMulPacked(make([]float32, 18), p, gguf.TypeQ4_0, 9, 32, x, 2, nil) }},
 		{"matmul short dst", "kernels.MatMulPacked: dst has 8 elements", func() { MatMulPacked(dst[:8], p, gguf.TypeQ4_0, 9, 32, x, 1, nil) }},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			defer func() {
-				r := recover()
-				if r == nil || !strings.Contains(fmt.Sprint(r), c.want) {
-					t.Errorf("recovered %v, want a panic containing %q", r, c.want)
-				}
-			}()
-			c.f()
-		})
-	}
+	expectPanics(t, cases)
 }
 
 func TestPackedZeroSizes(t *testing.T) {
