@@ -215,6 +215,10 @@ func TestPool(t *testing.T) {
 	if p.Threads() != 4 {
 		t.Errorf("Threads() = %d, want 4", p.Threads())
 	}
+	// Polling only when every thread has a processor.
+	if polls := p.spin > 0; polls != (4 <= runtime.GOMAXPROCS(0)) {
+		t.Errorf("4 threads, GOMAXPROCS %d: polling %v", runtime.GOMAXPROCS(0), polls)
+	}
 	// Every index exactly once, from several callers at a time.
 	var wg sync.WaitGroup
 	for c := range 4 {

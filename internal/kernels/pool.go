@@ -13,7 +13,7 @@ import (
 // decode step. A Pool may be used by several goroutines at once; their
 // calls share the workers. A nil *Pool runs everything on the caller.
 //
-// Workers and callers spin for a short while (spinWait) before they
+// Workers and callers poll for a short while (spinWait) before they
 // sleep: a decode step is a few hundred products back to back, and on a
 // virtual machine a sleeping thread's vCPU halts and takes a long time to
 // wake (hundreds of microseconds measured here, the length of a whole
@@ -23,6 +23,7 @@ import (
 // Close stops the workers; using a Pool after Close panics.
 type Pool struct {
 	threads int
+	spin    time.Duration // how long waits poll before they block
 	jobs    chan *job
 	workers sync.WaitGroup
 	running atomic.Int32 // workers not yet returned; for tests
@@ -31,9 +32,16 @@ type Pool struct {
 
 // spinWait is how long an idle worker, or a caller waiting for its
 // helpers, polls before it blocks. It covers the gaps between the
-// products of one step (the serial norms, attention of a small batch,
-// sampling) and costs at most this much CPU after the last product.
-const spinWait = 2 * time.Millisecond
+// products of one step (the norms, a small batch's attention, sampling:
+// microseconds). It is short because polling longer does harm when
+// other processes want the cores: a thread that waits long is waiting for
+// one the kernel has descheduled, and polling takes the core that thread
+// needs. With 2 ms of polling (yielding to other goroutines after the
+// first 100 µs), decoding with a test suite running on the same two
+// vCPUs fell to 7-26 tok/s at batch 1 and 29-36 at batch 8, against
+// 15-24 and 69-87 without polling; with 100 µs it ran at 27-31 and
+// 70-135.
+const spinWait = 100 * time.Microsecond
 
 // job is one parallel loop: helpers and the caller take chunks of [0,n)
 // from next until none are left.
@@ -42,6 +50,7 @@ type job struct {
 	n     int
 	grain int
 	next  atomic.Int64
+	spin  time.Duration // the pool's
 	left  atomic.Int32  // helpers that have not finished
 	done  chan struct{} // the last helper to finish sends one value
 }
@@ -51,6 +60,11 @@ type job struct {
 func NewPool(threads int) *Pool {
 	threads = max(threads, 1)
 	p := &Pool{threads: threads, jobs: make(chan *job, threads)}
+	if threads <= runtime.GOMAXPROCS(0) {
+		// More threads than processors would poll on processors the
+		// working ones need: then waits block at once.
+		p.spin = spinWait
+	}
 	p.running.Store(int32(threads - 1))
 	for range threads - 1 {
 		p.workers.Go(func() {
@@ -73,7 +87,7 @@ func NewPool(threads int) *Pool {
 // take returns the next job for a worker, polling for spinWait before it
 // blocks; false once the pool is closed.
 func (p *Pool) take() (*job, bool) {
-	var sp spinner
+	sp := spinner{limit: p.spin}
 	for {
 		select {
 		case j, ok := <-p.jobs:
@@ -88,37 +102,30 @@ func (p *Pool) take() (*job, bool) {
 	return j, ok
 }
 
-// spinner paces a polling loop: it polls flat out for spinHot, then yields
-// the processor between polls (runtime.Gosched, which takes the
-// scheduler's lock: at a few hundred products per step, yielding from the
-// first poll cost a tenth of a batch-8 step) until spinWait.
+// spinner bounds a polling loop to limit. It polls without yielding the
+// processor: runtime.Gosched takes the scheduler's lock, and yielding at
+// every poll cost a tenth of a batch-8 step at a few hundred products per
+// step.
 type spinner struct {
+	limit time.Duration
 	start time.Time
 	n     int
-	yield bool
 }
-
-// spinHot is how long a wait polls without yielding: the gaps between the
-// products of one step are microseconds.
-const spinHot = 100 * time.Microsecond
 
 // spin is called after each poll that found nothing; false means the
 // caller should block instead.
 func (s *spinner) spin() bool {
+	if s.limit <= 0 {
+		return false
+	}
 	s.n++
 	if s.n&63 == 0 {
 		now := time.Now()
 		if s.start.IsZero() {
 			s.start = now
-		}
-		d := now.Sub(s.start)
-		if d > spinWait {
+		} else if now.Sub(s.start) > s.limit {
 			return false
 		}
-		s.yield = d > spinHot
-	}
-	if s.yield {
-		runtime.Gosched()
 	}
 	return true
 }
@@ -154,7 +161,7 @@ func (j *job) work() {
 // wait returns when every helper of j has finished, polling for spinWait
 // before it blocks.
 func (j *job) wait() {
-	var sp spinner
+	sp := spinner{limit: j.spin}
 	for j.left.Load() != 0 {
 		if !sp.spin() {
 			<-j.done
@@ -189,7 +196,7 @@ func (p *Pool) parallel(n, grain int, fn func(lo, hi int)) {
 		panic("kernels: Pool used after Close")
 	}
 	helpers := min(p.threads-1, chunks-1)
-	j := &job{fn: fn, n: n, grain: grain, done: make(chan struct{}, 1)}
+	j := &job{fn: fn, n: n, grain: grain, spin: p.spin, done: make(chan struct{}, 1)}
 	j.left.Store(int32(helpers))
 	for range helpers {
 		p.jobs <- j
