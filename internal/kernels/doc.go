@@ -17,8 +17,9 @@
 // assembly as well. They are generated with avo by asmgen: edit asmgen
 // (main.go: the row kernels; tile.go: the tile and packed kernels; exp.go:
 // Exp and SwiGLU) and run `go generate ./internal/kernels`; a test fails
-// when the committed kernels_amd64.s or stubs_amd64.go drift from it. Every other platform, and amd64 with NPUMESH_KERNELS=generic in
-// the environment (read once at start) or after SetGeneric(true), uses the
+// when the committed kernels_amd64.s or stubs_amd64.go drift from it.
+// Every other platform, and amd64 with NPUMESH_KERNELS=generic in the
+// environment (read once at start) or after SetGeneric(true), uses the
 // portable Go kernels. Both compute the same integer block sums; only the
 // order of float32 additions differs.
 //
