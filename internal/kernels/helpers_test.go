@@ -132,3 +132,21 @@ func expectPanics(t *testing.T, cases []panicCase) {
 		})
 	}
 }
+
+// q8Extremes is a 1×256 q8_0 row of −128 weights (scale 1) and an
+// activation of −1s, which quantizes to −127: the product, 256·128, is
+// the largest a block sum reaches and stresses int16 saturation.
+func q8Extremes() (w []byte, x []float32) {
+	w = make([]byte, 34*8)
+	for b := range 8 {
+		put16(w[34*b:], 0x3c00)
+		for j := range 32 {
+			w[34*b+2+j] = 0x80
+		}
+	}
+	x = make([]float32, 256)
+	for i := range x {
+		x[i] = -1
+	}
+	return w, x
+}

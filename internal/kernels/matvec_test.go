@@ -148,17 +148,7 @@ func TestAsmMatchesGeneric(t *testing.T) {
 	}
 	// Extremes: q8_0 weights of −128 and activations that quantize to ±127
 	// stress VPMADDUBSW's int16 saturation; the sums must stay exact.
-	w := make([]byte, 34*8)
-	for b := range 8 {
-		put16(w[34*b:], 0x3c00)
-		for j := range 32 {
-			w[34*b+2+j] = 0x80
-		}
-	}
-	x := make([]float32, 256)
-	for i := range x {
-		x[i] = -1
-	}
+	w, x := q8Extremes()
 	for _, generic := range []bool{true, false} {
 		SetGeneric(generic)
 		var got [1]float32

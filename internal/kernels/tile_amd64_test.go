@@ -81,17 +81,7 @@ func TestTileFormsAgree(t *testing.T) {
 		}
 	}
 	// q8_0 extremes: −128 weights against ±127 activations.
-	w := make([]byte, 34*8)
-	for b := range 8 {
-		put16(w[34*b:], 0x3c00)
-		for j := range 32 {
-			w[34*b+2+j] = 0x80
-		}
-	}
-	x := make([]float32, 256)
-	for i := range x {
-		x[i] = -1
-	}
+	w, x := q8Extremes()
 	p := pack(gguf.TypeQ8_0, w, 1, 256)
 	for _, v := range vs {
 		active.Store(v.im)
