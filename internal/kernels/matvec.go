@@ -206,7 +206,7 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 		// Chunks of whole eight-row groups.
 		grain = (grain + 7) &^ 7
 		xt := sc.q8TileVecs(im.quantQ8, x, n, cols, tiles.offset, pool)
-		pool.parallel(rows, grain, tileLoop(dst, w, rb, rows, xt, n, tiles))
+		pool.For(rows, grain, tileLoop(dst, w, rb, rows, xt, n, tiles))
 		return
 	}
 	sc.out4 = grow(sc.out4, 4*rows)
@@ -221,16 +221,16 @@ func matMul(fn string, dst []float32, w []byte, typ gguf.Type, rows, cols int, x
 			// (attention's, thousands per step) allocate nothing.
 			rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4)(0, rows)
 		} else {
-			pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
+			pool.For(rows, grain, rowsLoop(dst, w, rb, rows, xs, sc.out4, func(row []byte, v *[]float32) float32 { return fdot(row, *v) }, fdot4))
 		}
 		clear(xs) // do not keep the caller's activations reachable from the pool
 		return
 	}
 	if qdot != nil {
-		pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8Vecs(im.quantQ8, x, n, cols, pool), sc.out4, qdot, qdot4))
+		pool.For(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8Vecs(im.quantQ8, x, n, cols, pool), sc.out4, qdot, qdot4))
 		return
 	}
-	pool.parallel(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), sc.out4, kdot, kdot4))
+	pool.For(rows, grain, rowsLoop(dst, w, rb, rows, sc.q8KVecs(x, n, cols, pool), sc.out4, kdot, kdot4))
 }
 
 // quantGrain is how many of n activation vectors of cols elements one
@@ -307,7 +307,7 @@ func (sc *scratch) q8Vecs(quant func(*q8Vec, []float32), x []float32, n, cols in
 	for i := range n {
 		sc.q8[i] = q8Vec{qs: sc.qs[i*cols : (i+1)*cols], d: sc.d[i*nb : (i+1)*nb], s: sc.s[i*nb : (i+1)*nb], sum: sc.sum[i*nb : (i+1)*nb]}
 	}
-	pool.parallel(n, quantGrain(n, cols, pool), func(lo, hi int) {
+	pool.For(n, quantGrain(n, cols, pool), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			quant(&sc.q8[i], x[i*cols:(i+1)*cols])
 		}
@@ -330,7 +330,7 @@ func (sc *scratch) q8KVecs(x []float32, n, cols int, pool *Pool) []q8KVec {
 			bsums: unsafe.Slice((*int16)(unsafe.Add(r, cols+4*nb)), 16*nb),
 		}
 	}
-	pool.parallel(n, quantGrain(n, cols, pool), func(lo, hi int) {
+	pool.For(n, quantGrain(n, cols, pool), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			quantizeQ8K(&sc.q8K[i], x[i*cols:(i+1)*cols])
 		}

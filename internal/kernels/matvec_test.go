@@ -216,7 +216,7 @@ func TestPool(t *testing.T) {
 			for rep := range 50 {
 				n := 1 + (c*977+rep*131)%1000
 				hits := make([]atomic.Int32, n)
-				p.parallel(n, 1+rep%9, func(lo, hi int) {
+				p.For(n, 1+rep%9, func(lo, hi int) {
 					for i := lo; i < hi; i++ {
 						hits[i].Add(1)
 					}
@@ -254,11 +254,11 @@ func TestPool(t *testing.T) {
 				t.Errorf("parallel after Close: recovered %v, want a panic naming Close", r)
 			}
 		}()
-		p.parallel(100, 1, func(int, int) {})
+		p.For(100, 1, func(int, int) {})
 	}()
 	var nilPool *Pool
 	ran := 0
-	nilPool.parallel(10, 1, func(lo, hi int) { ran += hi - lo })
+	nilPool.For(10, 1, func(lo, hi int) { ran += hi - lo })
 	if ran != 10 || nilPool.Threads() != 1 {
 		t.Errorf("nil pool ran %d of 10, Threads %d", ran, nilPool.Threads())
 	}
@@ -443,7 +443,7 @@ func TestPoolSpinAndSleep(t *testing.T) {
 	defer p.Close()
 	for rep := range 3 {
 		var ran [2]atomic.Int32
-		p.parallel(2, 1, func(lo, hi int) {
+		p.For(2, 1, func(lo, hi int) {
 			if lo == 1 {
 				time.Sleep(3 * spinWait) // whoever runs it, the caller waits past its spin
 			}

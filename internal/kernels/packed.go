@@ -180,7 +180,7 @@ func MatMulPacked(dst []float32, p []byte, typ gguf.Type, rows, cols int, x []fl
 	defer scratchPool.Put(sc)
 	if ts := tilesFor(im, typ); ts != nil && ts.p8v1 != nil {
 		xt := sc.q8TileVecs(im.quantQ8, x, n, cols, ts.offset, pool)
-		pool.parallel(rows, grain, packedLoop(dst, p, nb*b8, rows, xt, n, ts))
+		pool.For(rows, grain, packedLoop(dst, p, nb*b8, rows, xt, n, ts))
 		return
 	}
 	// The portable path: MatMul's row kernels on unpacked copies.
@@ -191,7 +191,7 @@ func MatMulPacked(dst []float32, p []byte, typ gguf.Type, rows, cols int, x []fl
 	vs := sc.q8Vecs(im.quantQ8, x, n, cols, pool)
 	sc.out4 = grow(sc.out4, 4*rows)
 	outs := sc.out4
-	pool.parallel(rows, grain, func(lo, hi int) {
+	pool.For(rows, grain, func(lo, hi int) {
 		buf := make([]byte, 8*rb)
 		for r := lo; r < hi; r += 8 {
 			m := min(8, hi-r)

@@ -171,18 +171,14 @@ func (j *job) wait() {
 }
 
 // For calls fn on disjoint chunks covering [0,n), each at most grain long,
-// on the pool's threads (the caller's included), and returns when all are
-// done. It is how code outside this package (attention, element-wise
-// work) runs on the same threads as the products: a goroutine started per
-// call instead would wait behind a worker that is polling for its next
-// product.
-func (p *Pool) For(n, grain int, fn func(lo, hi int)) { p.parallel(n, grain, fn) }
-
-// parallel calls fn on disjoint chunks covering [0,n), each at most grain
-// long, on up to p.threads goroutines, and returns when all are done.
-// Chunks are handed out dynamically, so a core that the (shared, noisy)
-// machine slows down takes fewer of them.
-func (p *Pool) parallel(n, grain int, fn func(lo, hi int)) {
+// on up to p.threads goroutines (the caller's included), and returns when
+// all are done. Chunks are handed out dynamically, so a core that the
+// (shared, noisy) machine slows down takes fewer of them. The products
+// use it, and so does code outside this package that should run on the
+// same threads (the engine's attention and element-wise work): a
+// goroutine started per call instead would wait behind a worker that is
+// polling for its next product.
+func (p *Pool) For(n, grain int, fn func(lo, hi int)) {
 	if n <= 0 {
 		return
 	}

@@ -46,7 +46,7 @@ func (sc *scratch) q8TileVecs(quant func(*q8Vec, []float32), x []float32, n, col
 	for i := range n {
 		sc.q8[i] = q8Vec{qs: unsafe.Slice((*int8)(unsafe.Add(base, i*stride+8*nb)), cols), d: sc.d[i*nb : (i+1)*nb], s: sc.s[i*nb : (i+1)*nb], sum: sc.sum[i*nb : (i+1)*nb]}
 	}
-	pool.parallel(n, quantGrain(n, cols, pool), func(lo, hi int) {
+	pool.For(n, quantGrain(n, cols, pool), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			quant(&sc.q8[i], x[i*cols:(i+1)*cols])
 			pairs := sc.rec[i*stride/4 : i*stride/4+2*nb]
