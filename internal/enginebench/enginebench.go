@@ -6,6 +6,7 @@ package enginebench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/npumesh/npumesh/internal/engine"
@@ -134,9 +136,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	r.PrefillTokS = float64(maxPrompt) / time.Since(start).Seconds()
 
 	// Decode at each batch size: distinct short prompts (no shared prefix),
-	// greedy, all sequences concurrent; the rate counts the tokens after each
-	// sequence's first, over the span from the first first-token to the last
-	// token.
+	// greedy, all sequences concurrent; the rate counts the tokens of the
+	// span in which all of them decode (decodeRate).
 	rounds := max(o.Rounds, 1)
 	wall, cpu := map[string][]float64{}, map[string][]float64{}
 	var peak int64
@@ -193,35 +194,43 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-// decodeRate returns the wall-clock rate and the rate per CPU-second of
-// the process over the same span.
+// decodeRate returns the aggregate decode rate of batch concurrent
+// sequences, wall-clock and per CPU-second of the process, over the span
+// in which all of them are decoding: from the last sequence's first token
+// (every prompt prefilled) to the first sequence's last token, counting
+// the tokens every sequence produced in it. Before that span the
+// sequences join one step after the other and the steps mix prefill
+// chunks with decodes; after it the batch drains. Both would make a
+// batch-8 rate partly a rate of smaller batches and of prefill. For one
+// sequence the span is its first token to its last.
 func decodeRate(ctx context.Context, m *engine.Model, batch, tokens int, prompt func() []int32) (rate, cpuRate float64, err error) {
-	type span struct {
-		first, last time.Time
-		n           int
-	}
-	spans := make([]span, batch)
+	marks := make([][]mark, batch)
 	prompts := make([][]int32, batch)
 	for i := range prompts {
 		prompts[i] = prompt()
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, batch)
-	var cpuOnce sync.Once
-	var cpuStart time.Duration // process CPU time at the first first token
+	var started atomic.Int32
+	var endOnce sync.Once
+	var cpuStart, cpuEnd time.Duration // process CPU time at the span's ends
 	for i := 0; i < batch; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			s := &spans[i]
+			// The first sequence to finish ends the span.
+			defer endOnce.Do(func() { cpuEnd = cpuTime() })
+			n := 0
 			_, err := m.Generate(ctx, engine.Request{PromptIDs: prompts[i], MaxTokens: tokens}, func(d engine.Delta) error {
 				now := time.Now()
-				if s.n == 0 {
-					cpuOnce.Do(func() { cpuStart = cpuTime() })
-					s.first = now
+				if n == 0 && int(started.Add(1)) == batch {
+					cpuStart = cpuTime()
 				}
-				s.last = now
-				s.n += len(d.IDs)
+				n += len(d.IDs)
+				marks[i] = append(marks[i], mark{now, len(d.IDs)})
+				if n >= tokens {
+					endOnce.Do(func() { cpuEnd = cpuTime() })
+				}
 				return nil
 			})
 			if err != nil {
@@ -230,32 +239,53 @@ func decodeRate(ctx context.Context, m *engine.Model, batch, tokens int, prompt 
 		}(i)
 	}
 	wg.Wait()
-	cpu := cpuTime() - cpuStart
 	close(errs)
 	if err := <-errs; err != nil {
 		return 0, 0, err
 	}
-	var first, last time.Time
-	total := 0
-	for _, s := range spans {
-		if s.n == 0 {
-			continue
-		}
-		if first.IsZero() || s.first.Before(first) {
-			first = s.first
-		}
-		if s.last.After(last) {
-			last = s.last
-		}
-		total += s.n - 1
+	total, first, last, err := fullSpan(marks)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bench engine: batch %d: %w", batch, err)
 	}
 	if total <= 0 || !last.After(first) {
-		return 0, 0, fmt.Errorf("bench engine: decode produced too few tokens to measure (%d)", total)
+		return 0, 0, fmt.Errorf("bench engine: the %d sequences decoded together for too few tokens to measure (%d); raise --decode-tokens", batch, total)
 	}
-	if cpuStart > 0 && cpu > 0 {
+	if cpu := cpuEnd - cpuStart; cpuStart > 0 && cpu > 0 {
 		cpuRate = float64(total) / cpu.Seconds()
 	}
 	return float64(total) / last.Sub(first).Seconds(), cpuRate, nil
+}
+
+// mark is one delivery of a sequence's tokens: when, and how many.
+type mark struct {
+	at time.Time
+	n  int
+}
+
+// fullSpan returns the span in which every sequence (marks[i], its
+// deliveries in order) was decoding: from the latest first delivery to the
+// earliest last one; and the tokens delivered after its start and up to
+// its end.
+func fullSpan(marks [][]mark) (total int, first, last time.Time, err error) {
+	for i, ms := range marks {
+		if len(ms) == 0 {
+			return 0, first, last, errors.New("a sequence produced no token")
+		}
+		if i == 0 || ms[0].at.After(first) {
+			first = ms[0].at
+		}
+		if i == 0 || ms[len(ms)-1].at.Before(last) {
+			last = ms[len(ms)-1].at
+		}
+	}
+	for _, ms := range marks {
+		for _, mk := range ms {
+			if mk.at.After(first) && !mk.at.After(last) {
+				total += mk.n
+			}
+		}
+	}
+	return total, first, last, nil
 }
 
 // peakRSS is the process's high-water resident set (VmHWM), 0 if unknown.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/npumesh/npumesh/internal/testdata"
 )
@@ -57,5 +58,36 @@ func TestRoundsReportMedian(t *testing.T) {
 	}
 	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Errorf("median of 4 values = %v, want 2.5", got)
+	}
+}
+
+// TestFullSpan: the decode rate of a batch counts only the span in which
+// every sequence decodes, not the staggered joins before it nor the drain
+// after it.
+func TestFullSpan(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	seq := func(from, to, n int) []mark {
+		var ms []mark
+		for s := from; s <= to; s++ {
+			ms = append(ms, mark{at(s), n})
+		}
+		return ms
+	}
+	// A decodes from 0 to 5, B (two tokens per delivery) from 2 to 7, C from 1 to 9.
+	total, first, last, err := fullSpan([][]mark{seq(0, 5, 1), seq(2, 7, 2), seq(1, 9, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The span is (2, 5]: A's 3, 4, 5; B's 3, 4, 5 (two each); C's 3, 4, 5.
+	if !first.Equal(at(2)) || !last.Equal(at(5)) || total != 12 {
+		t.Errorf("span %v..%v with %d tokens, want 2s..5s with 12", first.Sub(t0), last.Sub(t0), total)
+	}
+	// One sequence: its first token to its last.
+	if total, first, last, _ := fullSpan([][]mark{seq(3, 8, 1)}); total != 5 || !first.Equal(at(3)) || !last.Equal(at(8)) {
+		t.Errorf("one sequence: span %v..%v with %d tokens, want 3s..8s with 5", first.Sub(t0), last.Sub(t0), total)
+	}
+	if _, _, _, err := fullSpan([][]mark{seq(0, 3, 1), nil}); err == nil {
+		t.Error("no error for a sequence without tokens")
 	}
 }
