@@ -183,9 +183,7 @@ func (m *Model) forward(b *batch) {
 		for i := range n {
 			rmsNorm(b.xn[i*dim:(i+1)*dim], b.x[i*dim:(i+1)*dim], l.attnNorm, hp.NormEps)
 		}
-		matmulBatch(b.q, &l.wq, b.xn, n, pool)
-		matmulBatch(b.k, &l.wk, b.xn, n, pool)
-		matmulBatch(b.v, &l.wv, b.xn, n, pool)
+		matmulShared(b.xn, n, pool, product{b.q, &l.wq}, product{b.k, &l.wk}, product{b.v, &l.wv})
 		for i := range n {
 			q, k, v := b.q[i*qDim:(i+1)*qDim], b.k[i*kvDim:(i+1)*kvDim], b.v[i*kvDim:(i+1)*kvDim]
 			if l.bq != nil {
@@ -220,8 +218,7 @@ func (m *Model) forward(b *batch) {
 		for i := range n {
 			rmsNorm(b.xn[i*dim:(i+1)*dim], b.x[i*dim:(i+1)*dim], l.ffnNorm, hp.NormEps)
 		}
-		matmulBatch(b.hb, &l.gate, b.xn, n, pool)
-		matmulBatch(b.hb2, &l.up, b.xn, n, pool)
+		matmulShared(b.xn, n, pool, product{b.hb, &l.gate}, product{b.hb2, &l.up})
 		m.split(len(b.hb), swigluMin, func(lo, hi int) { swiglu(b.hb[lo:hi], b.hb2[lo:hi]) })
 		matmulBatch(b.tmp, &l.down, b.hb, n, pool)
 		add(b.x[:n*dim], b.tmp[:n*dim])

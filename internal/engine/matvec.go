@@ -74,6 +74,38 @@ func matmulBatch(dst []float32, m *matrix, x []float32, n int, pool *kernels.Poo
 	kernels.MatMul(dst[:n*m.rows], m.data, m.typ, m.rows, m.cols, x[:n*m.cols], n, pool)
 }
 
+// product is one matrix of a matmulShared and where its results go.
+type product struct {
+	dst []float32
+	m   *matrix
+}
+
+// matmulShared is matmulBatch for matrices that multiply the same x (a
+// layer's query, key and value projections; its gate and up projections).
+// When they are all packed in one type, x is quantized once and all their
+// rows are split over the pool in one loop (kernels.MatMulPackedMulti), so
+// the threads meet once instead of once per matrix; the results are
+// matmulBatch's bit for bit either way.
+func matmulShared(x []float32, n int, pool *kernels.Pool, ps ...product) {
+	var parts [3]kernels.PackedPart
+	multi := len(ps) <= len(parts)
+	for i, p := range ps {
+		if !multi || !p.m.packed || p.m.typ != ps[0].m.typ || p.m.cols != ps[0].m.cols {
+			multi = false
+			break
+		}
+		parts[i] = kernels.PackedPart{Dst: p.dst[:n*p.m.rows], P: p.m.data, Rows: p.m.rows}
+	}
+	if !multi {
+		for _, p := range ps {
+			matmulBatch(p.dst, p.m, x, n, pool)
+		}
+		return
+	}
+	m := ps[0].m
+	kernels.MatMulPackedMulti(parts[:len(ps)], m.typ, m.cols, x[:n*m.cols], n, pool)
+}
+
 // row decodes row r into dst as float32 (embedding lookup: one row is
 // dequantized, never the whole table).
 func (m *matrix) row(dst []float32, r int) {

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -270,6 +271,62 @@ func BenchmarkMatVecSmall(b *testing.B) {
 			b.SetBytes(int64(len(w)))
 			for b.Loop() {
 				MatVec(dst, w, gguf.TypeQ8_0, dim, dim, x, c.p)
+			}
+		})
+	}
+}
+
+// BenchmarkPackedQKV multiplies the query, key and value projections of a
+// TinyLlama-shaped layer (2048, 512 and 512 rows of 2048 q4_0 columns;
+// copies past the L3) by one and by eight vectors: "each" as three
+// MatMulPacked calls, "multi" as one MatMulPackedMulti, which quantizes
+// the vectors once and meets the threads once. Run with -count to
+// interleave them.
+func BenchmarkPackedQKV(b *testing.B) {
+	const typ, cols = gguf.TypeQ4_0, 2048
+	if !CanPack(typ) {
+		b.Skip("no packed kernels")
+	}
+	rows := []int{2048, 512, 512}
+	r := rand.New(rand.NewPCG(13, 14))
+	var sets [][][]byte // copies of the three packed matrices
+	size := 0
+	for size < benchBytes {
+		var set [][]byte
+		for _, n := range rows {
+			set = append(set, pack(typ, randomRows(r, typ, n, cols), n, cols))
+			size += len(set[len(set)-1])
+		}
+		sets = append(sets, set)
+	}
+	pool := NewPool(runtime.GOMAXPROCS(0))
+	defer pool.Close()
+	for _, n := range []int{1, 8} {
+		x := randomVec(r, n*cols)
+		dsts := make([][]float32, len(rows))
+		for i, m := range rows {
+			dsts[i] = make([]float32, n*m)
+		}
+		b.Run(fmt.Sprintf("n%d/each", n), func(b *testing.B) {
+			b.SetBytes(int64(size / len(sets)))
+			i := 0
+			for b.Loop() {
+				for j, p := range sets[i%len(sets)] {
+					MatMulPacked(dsts[j], p, typ, rows[j], cols, x, n, pool)
+				}
+				i++
+			}
+		})
+		b.Run(fmt.Sprintf("n%d/multi", n), func(b *testing.B) {
+			b.SetBytes(int64(size / len(sets)))
+			parts := make([]PackedPart, len(rows))
+			i := 0
+			for b.Loop() {
+				for j, p := range sets[i%len(sets)] {
+					parts[j] = PackedPart{Dst: dsts[j], P: p, Rows: rows[j]}
+				}
+				MatMulPackedMulti(parts, typ, cols, x, n, pool)
+				i++
 			}
 		})
 	}

@@ -159,28 +159,68 @@ func unpackGroup(rows, grp []byte, typ gguf.Type, m, nb int) {
 // runs the same row kernels as MatMul. It panics like MatMul, and if typ
 // has no packed layout or len(p) is not PackedSize(typ, rows, cols).
 func MatMulPacked(dst []float32, p []byte, typ gguf.Type, rows, cols int, x []float32, n int, pool *Pool) {
-	const fn = "MatMulPacked"
+	matMulPacked("MatMulPacked", []PackedPart{{Dst: dst, P: p, Rows: rows}}, typ, cols, x, n, pool)
+}
+
+// PackedPart is one matrix of a MatMulPackedMulti: P is a packed Rows×cols
+// matrix (PackInto) and Dst receives its n×Rows results.
+type PackedPart struct {
+	Dst  []float32
+	P    []byte
+	Rows int
+}
+
+// MatMulPackedMulti is MatMulPacked for several packed matrices of typ
+// with cols columns that multiply the same x (a layer's query, key and
+// value projections; its gate and up projections). Each part's results are
+// MatMulPacked's bit for bit, but x is quantized once and all the parts'
+// rows are split over the pool in one loop, so the threads meet once
+// instead of once per matrix. It panics as MatMulPacked does for any part.
+func MatMulPackedMulti(parts []PackedPart, typ gguf.Type, cols int, x []float32, n int, pool *Pool) {
+	matMulPacked("MatMulPackedMulti", parts, typ, cols, x, n, pool)
+}
+
+func matMulPacked(fn string, parts []PackedPart, typ gguf.Type, cols int, x []float32, n int, pool *Pool) {
 	b8 := packedB8(fn, typ)
-	if rows < 0 || n < 0 {
-		panic(fmt.Sprintf("kernels.%s: negative size rows=%d n=%d", fn, rows, n))
+	if n < 0 {
+		panic(fmt.Sprintf("kernels.%s: negative size n=%d", fn, n))
 	}
 	rb := rowBytes(fn, typ, cols)
-	size := packedSize(fn, typ, rows, cols)
-	if empty(fn, "packed ", typ, rows, cols, n, size, len(p), dst, x) {
+	// The parts' rows follow each other in one index space, each part from
+	// a multiple of 8, so that every chunk starts on a group of eight rows.
+	live := make([]PackedPart, 0, len(parts))
+	var offs []int
+	total := 0
+	for _, pt := range parts {
+		if pt.Rows < 0 {
+			panic(fmt.Sprintf("kernels.%s: negative size rows=%d", fn, pt.Rows))
+		}
+		size := packedSize(fn, typ, pt.Rows, cols)
+		if empty(fn, "packed ", typ, pt.Rows, cols, n, size, len(pt.P), pt.Dst, x) {
+			continue
+		}
+		live, offs = append(live, pt), append(offs, total)
+		total += (pt.Rows + 7) &^ 7
+	}
+	if len(live) == 0 {
 		return
 	}
 	im := active.Load()
 	nb := cols / 32
 	// The chunking of MatMul, in whole groups of eight rows.
-	grain := (chunkRows(rows, rb, n, pool.Threads()) + 7) &^ 7
-	if rows*rb*n < serialBytes {
+	grain := (chunkRows(total, rb, n, pool.Threads()) + 7) &^ 7
+	if total*rb*n < serialBytes {
 		pool = nil
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
+	loops := make([]func(lo, hi int), len(live))
 	if ts := tilesFor(im, typ); ts != nil && ts.p8v1 != nil {
 		xt := sc.q8TileVecs(im.quantQ8, x, n, cols, ts.offset, pool)
-		pool.For(rows, grain, packedLoop(dst, p, nb*b8, rows, xt, n, ts))
+		for i, pt := range live {
+			loops[i] = packedLoop(pt.Dst, pt.P, nb*b8, pt.Rows, xt, n, ts)
+		}
+		pool.For(total, grain, overParts(live, offs, loops))
 		return
 	}
 	// The portable path: MatMul's row kernels on unpacked copies.
@@ -189,17 +229,35 @@ func MatMulPacked(dst []float32, p []byte, typ gguf.Type, rows, cols int, x []fl
 		one, four = im.q8_0, im.q8_0x4
 	}
 	vs := sc.q8Vecs(im.quantQ8, x, n, cols, pool)
-	sc.out4 = grow(sc.out4, 4*rows)
-	outs := sc.out4
-	pool.For(rows, grain, func(lo, hi int) {
-		buf := make([]byte, 8*rb)
-		for r := lo; r < hi; r += 8 {
-			m := min(8, hi-r)
-			unpackGroup(buf, p[r/8*nb*b8:(r/8+1)*nb*b8], typ, m, nb)
-			// dst[r:] and outs[4r:]: row k of the group is row r+k.
-			rowsLoop(dst[r:], buf, rb, rows, vs, outs[4*r:], one, four)(0, m)
+	sc.out4 = grow(sc.out4, 4*total)
+	for i, pt := range live {
+		dst, p, rows := pt.Dst, pt.P, pt.Rows
+		outs := sc.out4[4*offs[i]:]
+		loops[i] = func(lo, hi int) {
+			buf := make([]byte, 8*rb)
+			for r := lo; r < hi; r += 8 {
+				m := min(8, hi-r)
+				unpackGroup(buf, p[r/8*nb*b8:(r/8+1)*nb*b8], typ, m, nb)
+				// dst[r:] and outs[4r:]: row k of the group is row r+k.
+				rowsLoop(dst[r:], buf, rb, rows, vs, outs[4*r:], one, four)(0, m)
+			}
 		}
-	})
+	}
+	pool.For(total, grain, overParts(live, offs, loops))
+}
+
+// overParts returns the body of a loop over the joint row index of parts
+// (part i's rows from offs[i]): it runs loops[i] on the rows of each part
+// that [lo,hi) covers, in the part's own numbering.
+func overParts(parts []PackedPart, offs []int, loops []func(lo, hi int)) func(lo, hi int) {
+	return func(lo, hi int) {
+		for i, pt := range parts {
+			l, h := max(lo, offs[i]), min(hi, offs[i]+pt.Rows)
+			if l < h {
+				loops[i](l-offs[i], h-offs[i])
+			}
+		}
+	}
 }
 
 // packedLoop is tileLoop for a packed matrix (gb bytes per group of

@@ -129,6 +129,55 @@ func TestMatMulPackedEqualsMatMul(t *testing.T) {
 	}
 }
 
+// TestMatMulPackedMultiEqualsEach: on every kernel set, each part of a
+// MatMulPackedMulti gets what MatMulPacked gives it alone, bit for bit,
+// with parts whose rows are and are not multiples of 8 (and an empty one),
+// serially and on a pool.
+func TestMatMulPackedMultiEqualsEach(t *testing.T) {
+	defer active.Store(active.Load())
+	r := rand.New(rand.NewPCG(45, 46))
+	pool := NewPool(3)
+	defer pool.Close()
+	for _, set := range packedTestSets() {
+		t.Run(set.name, func(t *testing.T) {
+			active.Store(set.im)
+			for _, typ := range packedTypes {
+				for _, cols := range []int{96, 2048} {
+					rowsOf := []int{64, 13, 0, 16, 43}
+					for _, n := range []int{1, 3, 8, 21} {
+						x := randomVec(r, n*cols)
+						var parts []PackedPart
+						var want [][]float32
+						for _, rows := range rowsOf {
+							p := pack(typ, randomRows(r, typ, rows, cols), rows, cols)
+							w := make([]float32, n*rows)
+							MatMulPacked(w, p, typ, rows, cols, x, n, nil)
+							want = append(want, w)
+							dst := make([]float32, n*rows+1)
+							dst[n*rows] = 42 // must stay
+							parts = append(parts, PackedPart{Dst: dst, P: p, Rows: rows})
+						}
+						for _, pl := range []*Pool{nil, pool} {
+							MatMulPackedMulti(parts, typ, cols, x, n, pl)
+							for i, pt := range parts {
+								for j, v := range want[i] {
+									if pt.Dst[j] != v {
+										t.Fatalf("%v cols=%d n=%d pool=%v part %d (%d rows): dst[%d] = %g, alone %g", typ, cols, n, pl != nil, i, pt.Rows, j, pt.Dst[j], v)
+									}
+								}
+								if pt.Dst[n*pt.Rows] != 42 {
+									t.Fatalf("%v part %d: wrote past its dst", typ, i)
+								}
+								clear(pt.Dst[:n*pt.Rows])
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestCanPack: CanPack follows the kernel set in use.
 func TestCanPack(t *testing.T) {
 	defer active.Store(active.Load())
@@ -163,6 +212,12 @@ func TestPackedPanics(t *testing.T) {
 		{"matmul short p", "kernels.MatMulPacked: packed 9×32 Q4_0 matrix is 288 bytes, got 144", func() { MatMulPacked(dst, p[:144], gguf.TypeQ4_0, 9, 32, x, 1, nil) }},
 		{"matmul short x", "kernels.MatMulPacked: x has 32 elements, want 2 vectors", func() { MatMulPacked(make([]float32, 18), p, gguf.TypeQ4_0, 9, 32, x, 2, nil) }},
 		{"matmul short dst", "kernels.MatMulPacked: dst has 8 elements", func() { MatMulPacked(dst[:8], p, gguf.TypeQ4_0, 9, 32, x, 1, nil) }},
+		{"multi short part", "kernels.MatMulPackedMulti: packed 9×32 Q4_0 matrix is 288 bytes, got 144", func() {
+			MatMulPackedMulti([]PackedPart{{Dst: dst, P: p, Rows: 9}, {Dst: dst, P: p[:144], Rows: 9}}, gguf.TypeQ4_0, 32, x, 1, nil)
+		}},
+		{"multi negative rows", "kernels.MatMulPackedMulti: negative size rows=-1", func() {
+			MatMulPackedMulti([]PackedPart{{Dst: dst, P: p, Rows: -1}}, gguf.TypeQ4_0, 32, x, 1, nil)
+		}},
 	}
 	expectPanics(t, cases)
 }
