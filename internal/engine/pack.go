@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -20,14 +19,15 @@ var packing = true
 // takes does not change:
 //   - a matrix converted at load (Options.Quantize) is packed in its own
 //     buffer, eight rows at a time;
-//   - a matrix in the file's read-only mapping is packed into memory
-//     allocated outside the Go heap (allocWeights), and the mapping's pages
-//     are then released, so the resident set holds it once; the embedding
-//     is never packed (only single rows of it are read), and a head tied to
-//     it gets a packed copy of its own.
+//   - a matrix in the file's read-only mapping is packed into one arena
+//     allocated outside the Go heap in huge pages where the system grants
+//     them (allocWeights), and the mapping's pages are then released, so
+//     the resident set holds it once; the embedding is never packed (only
+//     single rows of it are read), and a head tied to it gets a packed
+//     copy of its own in the arena.
 //
 // Matrices are packed concurrently on threads goroutines. It returns the
-// buffers it allocated, for Model.Close to free (on error it frees them).
+// arena, for Model.Close to free (nil when nothing needed one).
 func packWeights(w *weights, threads int) ([][]byte, error) {
 	if !packing {
 		return nil, nil
@@ -41,69 +41,81 @@ func packWeights(w *weights, threads int) ([][]byte, error) {
 		ms = append(ms, &l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down)
 	}
 	embd := w.embd.data
-	var (
-		mu    sync.Mutex
-		bufs  [][]byte
-		errs  []error
-		wg    sync.WaitGroup
-		slots = make(chan struct{}, max(threads, 1))
-	)
+	// Where each matrix goes: in place, or at off in the arena (each
+	// matrix from a 64-byte line).
+	type place struct {
+		m        *matrix
+		shared   bool
+		off, end int // off < 0: in place
+	}
+	var places []place
+	total := 0
 	for _, m := range ms {
 		if !kernels.CanPack(m.typ) || len(m.data) == 0 {
 			continue
 		}
+		shared := sameStart(m.data, embd)
+		size := kernels.PackedSize(m.typ, m.rows, m.cols)
+		if m.packsInPlace(shared, size) {
+			places = append(places, place{m, shared, -1, -1})
+			continue
+		}
+		places = append(places, place{m, shared, total, total + size})
+		total = (total + size + 63) &^ 63
+	}
+	arena, err := allocWeights(total)
+	if err != nil {
+		return nil, fmt.Errorf("pack the weights: %w", err)
+	}
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, max(threads, 1))
+	for _, pl := range places {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			buf, err := m.pack(sameStart(m.data, embd))
-			mu.Lock()
-			defer mu.Unlock()
-			if buf != nil {
-				bufs = append(bufs, buf)
+			if pl.off < 0 {
+				pl.m.packInPlace()
+				return
 			}
-			if err != nil {
-				errs = append(errs, err)
-			}
+			pl.m.packTo(arena[pl.off:pl.end:pl.end], pl.shared)
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, b := range bufs {
-			freeWeights(b)
-		}
-		return nil, fmt.Errorf("pack the weights: %w", err)
-	}
-	return bufs, nil
-}
-
-// pack rearranges m (see packWeights) and returns the buffer it allocated,
-// nil when it packed m's own buffer in place. shared says m.data is also
-// another matrix's (a tied head): it is then neither overwritten nor
-// released. On error m is unchanged.
-func (m *matrix) pack(shared bool) ([]byte, error) {
-	size := kernels.PackedSize(m.typ, m.rows, m.cols)
-	if m.owned && !shared && m.rows%8 == 0 && size == len(m.data) {
-		// Eight rows take the bytes of their packed group: pack each
-		// group from a copy of its rows.
-		g := 8 * m.rowBytes
-		tmp := make([]byte, g)
-		for off := 0; off < len(m.data); off += g {
-			copy(tmp, m.data[off:off+g])
-			kernels.PackInto(m.data[off:off+g], tmp, m.typ, 8, m.cols)
-		}
-		m.packed = true
+	if arena == nil {
 		return nil, nil
 	}
-	buf, err := allocWeights(size)
-	if err != nil {
-		return nil, fmt.Errorf("tensor %q: %w", m.name, err)
+	return [][]byte{arena}, nil
+}
+
+// packsInPlace reports whether m (size bytes once packed) is packed in its
+// own buffer: a buffer of the engine's (converted at load), not shared
+// with another matrix, whose rows fill their groups of eight.
+func (m *matrix) packsInPlace(shared bool, size int) bool {
+	return m.owned && !shared && m.rows%8 == 0 && size == len(m.data)
+}
+
+// packInPlace packs m in its own buffer (packsInPlace): eight rows take
+// the bytes of their packed group, so each group is packed from a copy of
+// its rows.
+func (m *matrix) packInPlace() {
+	g := 8 * m.rowBytes
+	tmp := make([]byte, g)
+	for off := 0; off < len(m.data); off += g {
+		copy(tmp, m.data[off:off+g])
+		kernels.PackInto(m.data[off:off+g], tmp, m.typ, 8, m.cols)
 	}
-	kernels.PackInto(buf, m.data, m.typ, m.rows, m.cols)
+	m.packed = true
+}
+
+// packTo packs m into dst (kernels.PackedSize bytes) and makes dst m's
+// data. shared says m.data is also another matrix's (a tied head): its
+// pages are then not released; a file mapping's otherwise are.
+func (m *matrix) packTo(dst []byte, shared bool) {
+	kernels.PackInto(dst, m.data, m.typ, m.rows, m.cols)
 	if !shared && !m.owned {
 		releasePages(m.data)
 	}
-	m.data, m.packed, m.owned = buf, true, true
-	return buf, nil
+	m.data, m.packed, m.owned = dst, true, true
 }
 
 // sameStart reports whether a and b are slices of the same array from the
