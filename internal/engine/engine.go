@@ -131,8 +131,9 @@ type Model struct {
 	// pool runs the matrix products on threads workers; Close stops it.
 	pool      *kernels.Pool
 	stepBytes int64 // StepWeightBytes
-	// packedBufs are the buffers packWeights allocated; Close frees them.
-	packedBufs [][]byte
+	// weightBufs are the off-heap buffers of converted and packed weights
+	// (quantizeWeights, packWeights); Close frees them.
+	weightBufs [][]byte
 	// chatTemplate is the model's Jinja chat template, "" when it has none.
 	chatTemplate string
 	cache        *kvcache.Cache
@@ -340,10 +341,10 @@ func (m *Model) Close() error {
 	m.sched.stop()
 	m.pool.Close()
 	m.w = weights{}
-	for _, b := range m.packedBufs {
+	for _, b := range m.weightBufs {
 		freeWeights(b)
 	}
-	m.packedBufs = nil
+	m.weightBufs = nil
 	return m.file.Close()
 }
 

@@ -26,12 +26,15 @@ func parseQuantize(s string) (gguf.Type, error) {
 }
 
 // quantizeWeights converts every F32, F16 and BF16 matrix of w whose rows
-// are whole blocks of typ into typ, in new buffers, splitting the rows of
-// each over threads goroutines, and releases the originals' pages of the
-// mapping as it goes (the peak is the converted model plus one original
-// matrix). A tied output head stays tied. It returns the converted
+// are whole blocks of typ into typ, splitting the rows of each over
+// threads goroutines, and releases the originals' pages of the mapping as
+// it goes (the peak is the converted model plus one original matrix). The
+// converted matrices live in one arena outside the Go heap, in huge pages
+// where the system grants them (allocWeights), which it returns for
+// Model.Close to free (nil when nothing was converted; on error it frees
+// it). A tied output head stays tied. It also returns the converted
 // matrices by tensor name.
-func quantizeWeights(w *weights, typ gguf.Type, threads int) (map[string]matrix, error) {
+func quantizeWeights(w *weights, typ gguf.Type, threads int) (map[string]matrix, []byte, error) {
 	// A pipeline stage holds the embedding only when first and the head
 	// only when last (selectLayers): a matrix it lacks has no data.
 	tied := w.output.data != nil && w.embd.data != nil && &w.output.data[0] == &w.embd.data[0]
@@ -46,19 +49,34 @@ func quantizeWeights(w *weights, typ gguf.Type, threads int) (map[string]matrix,
 		l := &w.layers[i]
 		ms = append(ms, &l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down)
 	}
-	out := map[string]matrix{}
+	// The matrices to convert and their places in the arena, each from a
+	// 64-byte line.
+	var todo []*matrix
+	var offs []int
+	total := 0
 	for _, m := range ms {
 		switch m.typ {
 		case gguf.TypeF32, gguf.TypeF16, gguf.TypeBF16:
 		default:
 			continue
 		}
-		if uint64(m.cols)%typ.BlockSize() != 0 {
-			continue
-		}
-		q, err := quantizeMatrix(m, typ, threads)
+		rb, err := kernels.RowSize(typ, m.cols)
 		if err != nil {
-			return nil, err
+			continue // rows are not whole blocks of typ: computed as they are
+		}
+		todo, offs = append(todo, m), append(offs, total)
+		total = (total + m.rows*rb + 63) &^ 63
+	}
+	arena, err := allocWeights(total)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quantize the weights: %w", err)
+	}
+	out := map[string]matrix{}
+	for i, m := range todo {
+		q, err := quantizeMatrix(m, typ, threads, arena[offs[i]:])
+		if err != nil {
+			freeWeights(arena)
+			return nil, nil, err
 		}
 		releasePages(m.data)
 		*m = q
@@ -67,16 +85,17 @@ func quantizeWeights(w *weights, typ gguf.Type, threads int) (map[string]matrix,
 	if tied {
 		w.output = w.embd
 	}
-	return out, nil
+	return out, arena, nil
 }
 
-// quantizeMatrix returns m converted to typ in a new buffer.
-func quantizeMatrix(m *matrix, typ gguf.Type, threads int) (matrix, error) {
+// quantizeMatrix returns m converted to typ in the start of buf (which
+// must hold it).
+func quantizeMatrix(m *matrix, typ gguf.Type, threads int, buf []byte) (matrix, error) {
 	rb, err := kernels.RowSize(typ, m.cols)
 	if err != nil {
 		return matrix{}, fmt.Errorf("quantize tensor %q: %w", m.name, err)
 	}
-	data := make([]byte, m.rows*rb)
+	data := buf[: m.rows*rb : m.rows*rb]
 	threads = max(1, min(threads, m.rows))
 	chunk := (m.rows + threads - 1) / threads
 	errs := make([]error, threads)

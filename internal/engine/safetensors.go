@@ -159,13 +159,24 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 		return nil, nil, 0, err
 	}
 	var converted map[string]matrix
+	var bufs [][]byte // off-heap weights, for Close; freed here on error
+	fail := func(err error) (*Model, map[string]matrix, int, error) {
+		for _, b := range bufs {
+			freeWeights(b)
+		}
+		return nil, nil, 0, err
+	}
 	if opts.Quantize != "" {
 		typ, err := parseQuantize(opts.Quantize)
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		if converted, err = quantizeWeights(&w, typ, threads); err != nil {
+		var arena []byte
+		if converted, arena, err = quantizeWeights(&w, typ, threads); err != nil {
 			return nil, nil, 0, err
+		}
+		if arena != nil {
+			bufs = append(bufs, arena)
 		}
 	}
 	one := weights{layers: w.layers[:1]}
@@ -178,11 +189,13 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 	}
 	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w), stage: stage}
 	if m.cache, err = newCache(hp, len(w.layers), id, opts); err != nil {
-		return nil, nil, 0, err
+		return fail(err)
 	}
-	if m.packedBufs, err = packWeights(&m.w, threads); err != nil {
-		return nil, nil, 0, err
+	packed, err := packWeights(&m.w, threads)
+	if err != nil {
+		return fail(err)
 	}
+	m.weightBufs = append(bufs, packed...)
 	m.info = shape
 	m.info.ID, m.info.Arch, m.info.ContextLength, m.info.BlockSize, m.info.Stage = id, hp.Arch, hp.Context, m.cache.BlockSize(), stage
 	return m, converted, threads, nil
