@@ -16,9 +16,12 @@ const bandwidthBytes = 512 << 20
 // MatVec reads its weights, and the best of a few passes counts. It
 // allocates and touches the buffer, so it takes about a second; call it
 // once (npumesh bench engine uses it for the bandwidth bound of decoding).
+// The buffer is in huge pages where the system grants them, as the
+// engine's weights are (bandwidthBuffer).
 func MeasureBandwidth() float64 {
 	threads := runtime.GOMAXPROCS(0)
-	buf := make([]uint64, bandwidthBytes/8)
+	buf, free := bandwidthBuffer(bandwidthBytes)
+	defer free()
 	for i := range buf {
 		buf[i] = uint64(i) // touch every page so no pass pays page faults
 	}
