@@ -178,13 +178,17 @@ func (m *Model) forward(b *batch) {
 		}
 	}
 	bs := m.cache.BlockSize()
+	// The per-row work between the products runs on the pool's threads
+	// when the batch has rows enough (m.eachRow).
+	if len(w.layers) > 0 {
+		m.eachRow(n, func(i int) {
+			rmsNorm(b.xn[i*dim:(i+1)*dim], b.x[i*dim:(i+1)*dim], w.layers[0].attnNorm, hp.NormEps)
+		})
+	}
 	for li := range w.layers {
 		l := &w.layers[li]
-		for i := range n {
-			rmsNorm(b.xn[i*dim:(i+1)*dim], b.x[i*dim:(i+1)*dim], l.attnNorm, hp.NormEps)
-		}
 		matmulShared(b.xn, n, pool, product{b.q, &l.wq}, product{b.k, &l.wk}, product{b.v, &l.wv})
-		for i := range n {
+		m.eachRow(n, func(i int) {
 			q, k, v := b.q[i*qDim:(i+1)*qDim], b.k[i*kvDim:(i+1)*kvDim], b.v[i*kvDim:(i+1)*kvDim]
 			if l.bq != nil {
 				add(q, l.bq)
@@ -198,7 +202,7 @@ func (m *Model) forward(b *batch) {
 			// attends: later rows of a prompt chunk read earlier ones.
 			// A block holds each KV head's part as a matrix for
 			// attendGroup's products: keys [slot][hd], values
-			// transposed, [hd][slot].
+			// transposed, [hd][slot]. (Rows write distinct slots.)
 			p := b.pos[i]
 			blk := b.kv[i].Block(p / bs)
 			bk, bv := blk.K(li), blk.V(li)
@@ -210,18 +214,25 @@ func (m *Model) forward(b *batch) {
 					bv[off+d*bs+slot] = x
 				}
 			}
-		}
+		})
 		m.attention(b, li)
 		matmulBatch(b.tmp, &l.wo, b.ao, n, pool)
-		add(b.x[:n*dim], b.tmp[:n*dim])
-
-		for i := range n {
-			rmsNorm(b.xn[i*dim:(i+1)*dim], b.x[i*dim:(i+1)*dim], l.ffnNorm, hp.NormEps)
-		}
+		m.eachRow(n, func(i int) {
+			x := b.x[i*dim : (i+1)*dim]
+			add(x, b.tmp[i*dim:(i+1)*dim])
+			rmsNorm(b.xn[i*dim:(i+1)*dim], x, l.ffnNorm, hp.NormEps)
+		})
 		matmulShared(b.xn, n, pool, product{b.hb, &l.gate}, product{b.hb2, &l.up})
 		m.split(len(b.hb), swigluMin, func(lo, hi int) { swiglu(b.hb[lo:hi], b.hb2[lo:hi]) })
 		matmulBatch(b.tmp, &l.down, b.hb, n, pool)
-		add(b.x[:n*dim], b.tmp[:n*dim])
+		// The residual, and the next layer's attention norm.
+		m.eachRow(n, func(i int) {
+			x := b.x[i*dim : (i+1)*dim]
+			add(x, b.tmp[i*dim:(i+1)*dim])
+			if li+1 < len(w.layers) {
+				rmsNorm(b.xn[i*dim:(i+1)*dim], x, w.layers[li+1].attnNorm, hp.NormEps)
+			}
+		})
 	}
 	nl := len(b.logitRows)
 	if nl == 0 || !m.last() {
@@ -233,6 +244,28 @@ func (m *Model) forward(b *batch) {
 		rmsNorm(b.xl[j*dim:(j+1)*dim], b.x[r*dim:(r+1)*dim], w.outNorm, hp.NormEps)
 	}
 	matmulBatch(b.logits, &w.output, b.xl, nl, pool)
+}
+
+// eachRowMin is the batch size from which eachRow splits the rows over
+// the pool: below it the work between two products (a norm, RoPE, a
+// residual add: microseconds a row) is less than a dispatch is worth.
+const eachRowMin = 4
+
+// eachRow calls fn for each row index in [0,n): on the pool's threads for
+// eachRowMin rows or more, on the caller otherwise. fn must only write
+// row i's own data.
+func (m *Model) eachRow(n int, fn func(i int)) {
+	if n < eachRowMin || m.threads < 2 {
+		for i := range n {
+			fn(i)
+		}
+		return
+	}
+	m.pool.For(n, (n+m.threads-1)/m.threads, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			fn(i)
+		}
+	})
 }
 
 // attentionMin is the number of multiply-adds of a step's attention below
