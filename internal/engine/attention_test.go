@@ -5,15 +5,19 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/npumesh/npumesh/internal/kernels"
+	"github.com/npumesh/npumesh/internal/kvcache"
 )
 
 // attentionSetup loads a one-layer GQA model (8 query heads sharing 2 KV
-// heads of 64) and fills a batch of n rows, each a sequence of its own at
-// position pos, with random queries and cached keys and values.
-func attentionSetup(t testing.TB, n, pos int) (*Model, *batch) {
+// heads of 64) with a KV cache of kvType and fills a batch of n rows, each
+// a sequence of its own at position pos, with random queries and cached
+// keys and values.
+func attentionSetup(t testing.TB, n, pos int, kvType string) (*Model, *batch) {
 	sm := writeSynthetic(t, synthConfig{arch: "llama", dim: 512, hidden: 64, layers: 1, heads: 8, kvHeads: 2,
 		vocab: 64, ctx: 2048, ropeBase: 10000, seed: 3})
-	m, err := Load(sm.path, Options{Threads: 2})
+	m, err := Load(sm.path, Options{Threads: 2, KVType: kvType})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,6 +33,14 @@ func attentionSetup(t testing.TB, n, pos int) (*Model, *batch) {
 		kv.Commit(make([]int32, pos))
 		t.Cleanup(kv.Release)
 		for blk := 0; blk <= pos/bs; blk++ {
+			if m.kvHalf {
+				for _, s := range [][]uint16{kv.Block(blk).KHalf(0), kv.Block(blk).VHalf(0)} {
+					for i := range s {
+						s[i] = kernels.F32ToF16(r.Float32()*2 - 1)
+					}
+				}
+				continue
+			}
 			for _, s := range [][]float32{kv.Block(blk).K(0), kv.Block(blk).V(0)} {
 				for i := range s {
 					s[i] = r.Float32()*2 - 1
@@ -59,14 +71,14 @@ func attendHeadReference(m *Model, b *batch, li, i, h int, att, out []float32) {
 	off := (h / (hp.Heads / hp.KVHeads)) * bs * hd
 	att = att[:p+1]
 	for t := 0; t <= p; t++ {
-		keys := kv.Block(t / bs).K(li)
+		keys := kvFloats(m, kv.Block(t/bs), li, true)
 		att[t] = dotF32(q, keys[off+(t%bs)*hd:off+(t%bs+1)*hd]) * scale
 	}
 	softmax(att)
 	out = out[:hd]
 	clear(out)
 	for t0 := 0; t0 <= p; t0 += bs {
-		vals := kv.Block(t0 / bs).V(li) // [head][hd][slot]
+		vals := kvFloats(m, kv.Block(t0/bs), li, false) // [head][hd][slot]
 		for d := range out {
 			for t := t0; t < t0+bs && t <= p; t++ {
 				out[d] += att[t] * vals[off+d*bs+t-t0]
@@ -76,21 +88,51 @@ func attendHeadReference(m *Model, b *batch, li, i, h int, att, out []float32) {
 }
 
 func TestAttentionGroupsMatchHeads(t *testing.T) {
-	m, b := attentionSetup(t, 3, 40)
+	for _, kvType := range []string{"f32", "f16"} {
+		checkAttention(t, 3, 40, kvType)
+	}
+}
+
+// checkAttention runs the grouped attention of n rows at position pos with
+// a KV cache of kvType and compares every head with attendHeadReference
+// (which reads the same stored numbers).
+func checkAttention(t *testing.T, n, pos int, kvType string) {
+	t.Helper()
+	m, b := attentionSetup(t, n, pos, kvType)
 	m.attention(b, 0)
 	hd, qDim := m.hp.HeadDim, m.hp.QDim()
-	att, want := make([]float32, 41), make([]float32, hd)
+	att, want := make([]float32, pos+1), make([]float32, hd)
 	for i := range b.n {
 		for h := range m.hp.Heads {
 			attendHeadReference(m, b, 0, i, h, att, want)
 			got := b.ao[i*qDim+h*hd : i*qDim+(h+1)*hd]
 			for d := range want {
 				if math.Abs(float64(got[d]-want[d])) > 1e-5 {
-					t.Fatalf("row %d head %d [%d]: got %v, want %v", i, h, d, got[d], want[d])
+					t.Fatalf("%s KV, pos %d row %d head %d [%d]: got %v, want %v", kvType, pos, i, h, d, got[d], want[d])
 				}
 			}
 		}
 	}
+}
+
+// kvFloats returns layer li's keys (or values) of blk as float32, whatever
+// the cache stores.
+func kvFloats(m *Model, blk *kvcache.Block, li int, keys bool) []float32 {
+	if !m.kvHalf {
+		if keys {
+			return blk.K(li)
+		}
+		return blk.V(li)
+	}
+	h := blk.VHalf(li)
+	if keys {
+		h = blk.KHalf(li)
+	}
+	f := make([]float32, len(h))
+	for i, x := range h {
+		f[i] = kernels.F16ToF32(x)
+	}
+	return f
 }
 
 // BenchmarkAttention compares the former per-head scalar loops with the
@@ -99,7 +141,7 @@ func TestAttentionGroupsMatchHeads(t *testing.T) {
 // alternately within every iteration, so that a noisy machine slows both
 // alike; the metrics are each one's time per step of one layer.
 func BenchmarkAttention(b *testing.B) {
-	m, bt := attentionSetup(b, 8, 512)
+	m, bt := attentionSetup(b, 8, 512, "f32") // the reference reads float32 as it is
 	m.threads = 1
 	att, out := make([]float32, 513), make([]float32, m.hp.HeadDim)
 	var perHead, grouped time.Duration

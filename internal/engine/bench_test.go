@@ -152,9 +152,9 @@ func BenchmarkDecodeStep(b *testing.B) {
 
 // BenchmarkDecodeFile is BenchmarkDecodeStep on the GGUF file named by
 // $NPUMESH_BENCH_MODEL (say a 1B model from `npumesh model synth`), with
-// $NPUMESH_BENCH_QUANTIZE as Options.Quantize, at position
-// $NPUMESH_BENCH_POS (default 128) with all cores; skipped without the
-// variable. It is what profiles the engine on a
+// $NPUMESH_BENCH_QUANTIZE as Options.Quantize and $NPUMESH_BENCH_KV as
+// Options.KVType, at position $NPUMESH_BENCH_POS (default 128) with all
+// cores; skipped without the variable. It is what profiles the engine on a
 // model of real size:
 //
 //	NPUMESH_BENCH_MODEL=q4_0.gguf go test -run - -bench DecodeFile -cpuprofile cpu.out ./internal/engine
@@ -163,7 +163,7 @@ func BenchmarkDecodeFile(b *testing.B) {
 	if path == "" {
 		b.Skip("set NPUMESH_BENCH_MODEL to a GGUF file")
 	}
-	m, err := Load(path, Options{Threads: runtime.NumCPU(), Quantize: os.Getenv("NPUMESH_BENCH_QUANTIZE")})
+	m, err := Load(path, Options{Threads: runtime.NumCPU(), Quantize: os.Getenv("NPUMESH_BENCH_QUANTIZE"), KVType: os.Getenv("NPUMESH_BENCH_KV")})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -101,20 +101,8 @@ func BenchmarkExp(b *testing.B) {
 // (the zero padding and the last, partial block).
 func TestAttentionPositions(t *testing.T) {
 	for _, pos := range []int{0, 1, 7, 8, 15, 16, 17, 31, 33, 100} {
-		m, b := attentionSetup(t, 2, pos)
-		m.attention(b, 0)
-		hd, qDim := m.hp.HeadDim, m.hp.QDim()
-		att, want := make([]float32, pos+1), make([]float32, hd)
-		for i := range b.n {
-			for h := range m.hp.Heads {
-				attendHeadReference(m, b, 0, i, h, att, want)
-				got := b.ao[i*qDim+h*hd : i*qDim+(h+1)*hd]
-				for d := range want {
-					if math.Abs(float64(got[d]-want[d])) > 1e-5 {
-						t.Fatalf("pos %d row %d head %d [%d]: got %v, want %v", pos, i, h, d, got[d], want[d])
-					}
-				}
-			}
+		for _, kvType := range []string{"f32", "f16"} {
+			checkAttention(t, 2, pos, kvType)
 		}
 	}
 }

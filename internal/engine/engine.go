@@ -47,6 +47,11 @@ type Options struct {
 	// BlockSize is the number of positions per KV cache block, the unit
 	// of prefix reuse; 0 means kvcache.DefaultBlockSize (16).
 	BlockSize int
+	// KVType is how the KV cache stores keys and values: "f16" (IEEE half
+	// floats; "" means f16, as llama.cpp's default) or "f32". f16 holds
+	// twice the positions in a budget and halves what attention reads; f32
+	// keeps every number of a step in float32 (the reference tests use it).
+	KVType string
 	// PrefillChunk is the number of prompt tokens a sequence runs per
 	// step, so that a long prompt does not stall the decoding of others;
 	// 0 means 64.
@@ -137,6 +142,7 @@ type Model struct {
 	// chatTemplate is the model's Jinja chat template, "" when it has none.
 	chatTemplate string
 	cache        *kvcache.Cache
+	kvHalf       bool // the cache stores half floats (Options.KVType)
 	sched        *scheduler
 	// stage is the layers held; first and last stages hold the
 	// embedding and the head (stage.go). stageMu serializes the forward
@@ -165,6 +171,9 @@ var ErrClosed = errors.New("engine: model closed")
 func Load(path string, opts Options) (*Model, error) {
 	if opts.Threads < 0 || opts.ContextLength < 0 || opts.KVBudgetBytes < 0 || opts.BlockSize < 0 || opts.PrefillChunk < 0 || opts.MaxBatch < 0 {
 		return nil, fmt.Errorf("load model %q: negative option in %+v", path, opts)
+	}
+	if _, err := kvHalf(opts.KVType); err != nil {
+		return nil, fmt.Errorf("load model %q: %w", path, err)
 	}
 	if isDir(path) { // a Hugging Face safetensors directory (safetensors.go)
 		m, err := loadHF(path, opts)
@@ -259,11 +268,16 @@ func (m *Model) start(opts Options, threads int, bytesByType map[gguf.Type]uint6
 // of blocks, each holding only its own layers, so that every stage of a
 // pipeline has room for the same positions.
 func newCache(hp *hparams, layers int, id string, opts Options) (*kvcache.Cache, error) {
+	half, err := kvHalf(opts.KVType)
+	if err != nil {
+		return nil, err
+	}
+	elem := kvcache.ElemBytes(half)
 	bs := opts.BlockSize
 	if bs == 0 {
 		bs = kvcache.DefaultBlockSize
 	}
-	blockBytes := 4 * 2 * int64(hp.Layers) * int64(bs) * int64(hp.KVDim())
+	blockBytes := elem * 2 * int64(hp.Layers) * int64(bs) * int64(hp.KVDim())
 	context := int64((hp.Context+bs-1)/bs) * blockBytes
 	budget := opts.KVBudgetBytes
 	if budget == 0 {
@@ -271,11 +285,22 @@ func newCache(hp *hparams, layers int, id string, opts Options) (*kvcache.Cache,
 	}
 	budget = max(budget, context)
 	blocks := budget / blockBytes
-	stageBlockBytes := 4 * 2 * int64(layers) * int64(bs) * int64(hp.KVDim())
+	stageBlockBytes := elem * 2 * int64(layers) * int64(bs) * int64(hp.KVDim())
 	return kvcache.New(kvcache.Config{
-		ModelID: id, BlockSize: bs, Layers: layers, KVDim: hp.KVDim(),
+		ModelID: id, BlockSize: bs, Layers: layers, KVDim: hp.KVDim(), Half: half,
 		BudgetBytes: blocks * stageBlockBytes, OnEvent: opts.OnCacheEvent,
 	})
+}
+
+// kvHalf reads Options.KVType: true for half floats.
+func kvHalf(t string) (bool, error) {
+	switch strings.ToLower(t) {
+	case "", "f16":
+		return true, nil
+	case "f32":
+		return false, nil
+	}
+	return false, fmt.Errorf("KV cache type %q: use f16 or f32", t)
 }
 
 // ChatTemplate returns the model's own Jinja chat template (GGUF

@@ -60,15 +60,20 @@ func seed(s uint64) *uint64 { return &s }
 
 // llama2.c's `run -n 200` runs 200 positions (BOS and 199 generated tokens
 // fed back) and prints the 200 tokens sampled there: MaxTokens 200.
+// Both KV cache types give llama2.c's text (the default, f16, and f32).
 func TestGreedyMatchesLlama2c(t *testing.T) {
-	for _, threads := range []int{1, 4} {
-		m := loadStories(t, Options{Threads: threads})
+	for _, tc := range []struct {
+		threads int
+		kv      string
+	}{{1, ""}, {4, ""}, {1, "f32"}} {
+		threads := tc.threads
+		m := loadStories(t, Options{Threads: threads, KVType: tc.kv})
 		text, ids, res, err := generate(t, m, context.Background(), Request{MaxTokens: 200})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := expectedGreedy(t); text != want {
-			t.Errorf("threads %d: got\n%q\nwant\n%q", threads, text, want)
+			t.Errorf("threads %d, KV %q: got\n%q\nwant\n%q", threads, tc.kv, text, want)
 		}
 		if res != (Result{PromptTokens: 1, CompletionTokens: 200, FinishReason: FinishLength}) {
 			t.Errorf("got %+v", res)
@@ -82,9 +87,13 @@ func TestGreedyMatchesLlama2c(t *testing.T) {
 func TestInfo(t *testing.T) {
 	m := loadStories(t, Options{})
 	want := ModelInfo{ID: "stories260K", Arch: "llama", ContextLength: 2048, Parameters: 292800, SizeBytes: 1171200, Quantization: "F32", BlockSize: 16, Layers: 5, Stage: LayerRange{0, 5},
-		Dim: 64, LayerBytes: 4 * (64*64 + 2*64*32 + 64*64 + 3*64*172 + 2*64), EmbedBytes: 4 * 512 * 64, HeadBytes: 4 * (512*64 + 64), KVBytesPerLayerToken: 2 * 4 * 32}
+		Dim: 64, LayerBytes: 4 * (64*64 + 2*64*32 + 64*64 + 3*64*172 + 2*64), EmbedBytes: 4 * 512 * 64, HeadBytes: 4 * (512*64 + 64), KVBytesPerLayerToken: 2 * 2 * 32}
 	if got := m.Info(); got != want {
 		t.Errorf("got %+v, want %+v", got, want)
+	}
+	// A float32 cache takes twice the bytes per position.
+	if got := loadStories(t, Options{KVType: "f32"}).Info().KVBytesPerLayerToken; got != 2*4*32 {
+		t.Errorf("f32 KV: %d bytes per layer and token, want %d", got, 2*4*32)
 	}
 	m2 := loadStories(t, Options{ID: "tiny", ContextLength: 64})
 	if got := m2.Info(); got.ID != "tiny" || got.ContextLength != 64 {
@@ -422,7 +431,9 @@ func permuteRows(m matrix, hd int) matrix {
 }
 
 func TestRopeLayouts(t *testing.T) {
-	adj := loadStories(t, Options{})
+	// A float32 KV cache: the two layouts round differently, and half
+	// floats would amplify that past the tolerance of this comparison.
+	adj := loadStories(t, Options{KVType: "f32"})
 	// half shares the read-only weights; only Q/K and the style differ.
 	half := &Model{hp: adj.hp, w: adj.w, tok: adj.tok, threads: 1, cache: adj.cache}
 	half.hp.Rope = arch.RopeNeoX

@@ -205,14 +205,11 @@ func (m *Model) forward(b *batch) {
 			// transposed, [hd][slot]. (Rows write distinct slots.)
 			p := b.pos[i]
 			blk := b.kv[i].Block(p / bs)
-			bk, bv := blk.K(li), blk.V(li)
 			slot := p % bs
-			for g := 0; g < kvDim; g += hd {
-				off := g * bs
-				copy(bk[off+slot*hd:off+(slot+1)*hd], k[g:g+hd])
-				for d, x := range v[g : g+hd] {
-					bv[off+d*bs+slot] = x
-				}
+			if m.kvHalf {
+				storeKV(blk.KHalf(li), blk.VHalf(li), k, v, hd, bs, slot, kernels.F32ToF16)
+			} else {
+				storeKV(blk.K(li), blk.V(li), k, v, hd, bs, slot, func(x float32) float32 { return x })
 			}
 		})
 		m.attention(b, li)
@@ -338,28 +335,71 @@ func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	q := b.q[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
 	att, kt := scratch[:group*np], scratch[group*np:group*np+hd*np]
 	off := g * bs * hd // this head's part of a block
-	for t0 := 0; t0 < n; t0 += bs {
-		rows := min(bs, n-t0)
-		copy(kt[t0*hd:(t0+rows)*hd], kv.Block(t0 / bs).K(li)[off:off+rows*hd])
+	// kt holds the keys, then the values; half floats take half of it.
+	kt16 := unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(kt))), np*hd)
+	if m.kvHalf {
+		gatherKeys(kt16, func(j int) []uint16 { return kv.Block(j).KHalf(li) }, n, np, hd, bs, off)
+		kernels.MatMul(att, u16Bytes(kt16), gguf.TypeF16, np, hd, q, group, nil)
+	} else {
+		gatherKeys(kt, func(j int) []float32 { return kv.Block(j).K(li) }, n, np, hd, bs, off)
+		kernels.MatMul(att, f32Bytes(kt), gguf.TypeF32, np, hd, q, group, nil)
 	}
-	clear(kt[n*hd : np*hd])
-	kernels.MatMul(att, f32Bytes(kt), gguf.TypeF32, np, hd, q, group, nil)
 	for h := range group {
 		a := att[h*np : (h+1)*np]
 		scaledSoftmax(a[:n], scale)
 		clear(a[n:])
 	}
-	// The values: row d of vt is dimension d at every position.
-	vt := kt
+	out := b.ao[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
+	if m.kvHalf {
+		gatherValues(kt16, func(j int) []uint16 { return kv.Block(j).VHalf(li) }, n, np, hd, bs, off)
+		kernels.MatMul(out, u16Bytes(kt16), gguf.TypeF16, hd, np, att, group, nil)
+		return
+	}
+	gatherValues(kt, func(j int) []float32 { return kv.Block(j).V(li) }, n, np, hd, bs, off)
+	kernels.MatMul(out, f32Bytes(kt), gguf.TypeF32, hd, np, att, group, nil)
+}
+
+// storeKV writes one position's keys k and values v (kvDim each) into a
+// block's layer, as attendGroup reads them: per KV head (hd numbers), the
+// keys as a [slot][hd] matrix and the values transposed, [hd][slot]. conv
+// gives the stored number (float32 itself, or its half float).
+func storeKV[T float32 | uint16](bk, bv []T, k, v []float32, hd, bs, slot int, conv func(float32) T) {
+	for g := 0; g < len(k); g += hd {
+		off := g * bs
+		dk := bk[off+slot*hd : off+(slot+1)*hd]
+		for d, x := range k[g : g+hd] {
+			dk[d] = conv(x)
+		}
+		for d, x := range v[g : g+hd] {
+			bv[off+d*bs+slot] = conv(x)
+		}
+	}
+}
+
+// gatherKeys copies one KV head's keys of positions [0,n) (at off in each
+// block's layer, block(j) for block j) into kt as one np×hd matrix, the
+// rows past n zero.
+func gatherKeys[T float32 | uint16](kt []T, block func(j int) []T, n, np, hd, bs, off int) {
 	for t0 := 0; t0 < n; t0 += bs {
 		rows := min(bs, n-t0)
-		vals := kv.Block(t0 / bs).V(li)[off : off+hd*bs]
+		copy(kt[t0*hd:(t0+rows)*hd], block(t0 / bs)[off:off+rows*hd])
+	}
+	clear(kt[n*hd : np*hd])
+}
+
+// gatherValues copies one KV head's values of positions [0,n), stored
+// transposed in each block, into vt as one hd×np matrix: row d is
+// dimension d at every position, zero past n.
+func gatherValues[T float32 | uint16](vt []T, block func(j int) []T, n, np, hd, bs, off int) {
+	for t0 := 0; t0 < n; t0 += bs {
+		rows := min(bs, n-t0)
+		vals := block(t0 / bs)[off : off+hd*bs]
 		if rows == 16 && bs == 16 {
 			for d := range hd {
 				// Element by element: Go copies arrays (and copy()
 				// slices) with a call to memmove, which costs more
 				// than 64 bytes' moves.
-				o, v := (*[16]float32)(vt[d*np+t0:]), (*[16]float32)(vals[d*16:])
+				o, v := (*[16]T)(vt[d*np+t0:]), (*[16]T)(vals[d*16:])
 				o[0], o[1], o[2], o[3] = v[0], v[1], v[2], v[3]
 				o[4], o[5], o[6], o[7] = v[4], v[5], v[6], v[7]
 				o[8], o[9], o[10], o[11] = v[8], v[9], v[10], v[11]
@@ -376,8 +416,6 @@ func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 			clear(vt[d*np+n : (d+1)*np])
 		}
 	}
-	out := b.ao[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
-	kernels.MatMul(out, f32Bytes(vt), gguf.TypeF32, hd, np, att, group, nil)
 }
 
 // axpy sets y += a·x.
@@ -540,6 +578,10 @@ func dotF32(w, x []float32) float32 {
 }
 
 // f32Bytes views x as the little-endian bytes kernels takes for F32.
+func u16Bytes(x []uint16) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 2*len(x))
+}
+
 func f32Bytes(x []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 4*len(x))
 }

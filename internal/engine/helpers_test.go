@@ -17,7 +17,7 @@ type single struct {
 func newSingle(t testing.TB, m *Model) *single {
 	t.Helper()
 	c, err := kvcache.New(kvcache.Config{ModelID: t.Name(), BlockSize: m.cache.BlockSize(),
-		Layers: m.hp.Layers, KVDim: m.hp.KVDim(), BudgetBytes: 1 << 30})
+		Layers: m.hp.Layers, KVDim: m.hp.KVDim(), BudgetBytes: 1 << 30, Half: m.kvHalf})
 	if err != nil {
 		t.Fatal(err)
 	}

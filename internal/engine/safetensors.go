@@ -9,6 +9,7 @@ import (
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/kvcache"
 	"github.com/npumesh/npumesh/internal/safetensors"
 	"github.com/npumesh/npumesh/internal/tokenizer"
 )
@@ -153,7 +154,12 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 	// The model's shape: sizes of what a stage does not hold are taken
 	// before selectLayers drops it (and before Quantize would convert it).
 	shape := ModelInfo{Layers: hp.Layers, Dim: hp.Dim, EmbedBytes: int64(len(w.embd.data)),
-		HeadBytes: int64(len(w.output.data) + 4*len(w.outNorm)), KVBytesPerLayerToken: 2 * 4 * int64(hp.KVDim())}
+		HeadBytes: int64(len(w.output.data) + 4*len(w.outNorm))}
+	half, err := kvHalf(opts.KVType)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	shape.KVBytesPerLayerToken = 2 * kvcache.ElemBytes(half) * int64(hp.KVDim())
 	stage, err := selectLayers(hp, &w, opts.Layers)
 	if err != nil {
 		return nil, nil, 0, err
@@ -187,7 +193,7 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 	if w.output.data != nil {
 		shape.HeadBytes = int64(len(w.output.data) + 4*len(w.outNorm))
 	}
-	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w), stage: stage}
+	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w), stage: stage, kvHalf: half}
 	if m.cache, err = newCache(hp, len(w.layers), id, opts); err != nil {
 		return fail(err)
 	}

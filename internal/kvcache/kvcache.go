@@ -8,7 +8,8 @@
 //
 // The cache stores numbers and does no arithmetic: the engine decides what
 // a position holds (per layer, one key and one value vector of KVDim
-// floats). It must not import the engine or anything of the network.
+// numbers, float32 or, with Config.Half, IEEE half floats). It must not
+// import the engine or anything of the network.
 package kvcache
 
 import (
@@ -36,8 +37,13 @@ type Config struct {
 	// DefaultBlockSize.
 	BlockSize int
 	// Layers and KVDim give the shape of a position: per layer, a key
-	// and a value of KVDim floats each.
+	// and a value of KVDim numbers each.
 	Layers, KVDim int
+	// Half stores the numbers as IEEE half floats (2 bytes; Block.KHalf
+	// and VHalf) instead of float32 (4 bytes; Block.K and V): twice the
+	// positions in the same budget, and half the bytes for attention to
+	// read.
+	Half bool
 	// BudgetBytes caps the memory of all blocks; it is rounded down to
 	// whole blocks, and at least one block is always allowed. Blocks are
 	// allocated when first needed, so an idle cache holds little.
@@ -78,8 +84,11 @@ type Event struct {
 
 // Block is BlockSize positions of keys and values for every layer.
 type Block struct {
-	data   []float32 // layer l: keys at [2l*n, 2l*n+n), values after; n = BlockSize*KVDim
-	stride int       // BlockSize*KVDim
+	// Layer l: keys at [2l*n, 2l*n+n), values after; n = stride. One of
+	// data (float32) and half (Config.Half) is set.
+	data   []float32
+	half   []uint16
+	stride int // BlockSize*KVDim
 
 	// Guarded by Cache.mu.
 	refs   int
@@ -89,10 +98,20 @@ type Block struct {
 }
 
 // K returns the keys of layer l: BlockSize rows of KVDim floats.
+// It panics in a cache of half floats.
 func (b *Block) K(l int) []float32 { return b.data[2*l*b.stride : (2*l+1)*b.stride] }
 
 // V returns the values of layer l: BlockSize rows of KVDim floats.
+// It panics in a cache of half floats.
 func (b *Block) V(l int) []float32 { return b.data[(2*l+1)*b.stride : (2*l+2)*b.stride] }
+
+// KHalf returns the keys of layer l in a cache of half floats
+// (Config.Half): BlockSize rows of KVDim IEEE half floats. It panics in a
+// float32 cache.
+func (b *Block) KHalf(l int) []uint16 { return b.half[2*l*b.stride : (2*l+1)*b.stride] }
+
+// VHalf returns the values of layer l in a cache of half floats.
+func (b *Block) VHalf(l int) []uint16 { return b.half[(2*l+1)*b.stride : (2*l+2)*b.stride] }
 
 // Stats counts blocks.
 type Stats struct {
@@ -135,9 +154,17 @@ func New(cfg Config) (*Cache, error) {
 			cfg.BlockSize, cfg.Layers, cfg.KVDim, cfg.BudgetBytes)
 	}
 	c := &Cache{cfg: cfg, seed: blockhash.Seed(cfg.ModelID), byHash: map[uint64]*Block{}, lru: list.New()}
-	c.blockBytes = 4 * 2 * int64(cfg.Layers) * int64(cfg.BlockSize) * int64(cfg.KVDim)
+	c.blockBytes = ElemBytes(cfg.Half) * 2 * int64(cfg.Layers) * int64(cfg.BlockSize) * int64(cfg.KVDim)
 	c.capacity = int(max(1, cfg.BudgetBytes/c.blockBytes))
 	return c, nil
+}
+
+// ElemBytes is the size of one stored number: 2 with half floats, else 4.
+func ElemBytes(half bool) int64 {
+	if half {
+		return 2
+	}
+	return 4
 }
 
 // BlockSize is the number of positions per block.
@@ -182,7 +209,12 @@ func (c *Cache) alloc(evicted *[]uint64) (*Block, error) {
 		c.free = c.free[:len(c.free)-1]
 	case c.allocated < c.capacity:
 		stride := c.cfg.BlockSize * c.cfg.KVDim
-		b = &Block{data: make([]float32, 2*c.cfg.Layers*stride), stride: stride}
+		b = &Block{stride: stride}
+		if c.cfg.Half {
+			b.half = make([]uint16, 2*c.cfg.Layers*stride)
+		} else {
+			b.data = make([]float32, 2*c.cfg.Layers*stride)
+		}
 		c.allocated++
 	case c.lru.Len() > 0:
 		b = c.lru.Remove(c.lru.Front()).(*Block)

@@ -169,6 +169,30 @@ func TestConfig(t *testing.T) {
 	if _, err := New(Config{Layers: 0, KVDim: 8}); err == nil {
 		t.Error("zero layers accepted")
 	}
+	// Half floats: half the bytes a block, twice the blocks a budget, and
+	// per layer keys and values of their own.
+	h, err := New(Config{Layers: 2, KVDim: 8, BudgetBytes: 4 * 2 * 2 * 16 * 8, Half: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.BlockBytes() != 2*2*2*16*8 || h.Stats().Capacity != 2 {
+		t.Errorf("half floats: block bytes %d, capacity %d; want %d, 2", h.BlockBytes(), h.Stats().Capacity, 2*2*2*16*8)
+	}
+	s := h.NewSeq()
+	if err := s.Reserve(1); err != nil {
+		t.Fatal(err)
+	}
+	b := s.Block(0)
+	for l := range 2 {
+		if len(b.KHalf(l)) != 16*8 || len(b.VHalf(l)) != 16*8 {
+			t.Fatalf("layer %d: %d keys, %d values; want %d each", l, len(b.KHalf(l)), len(b.VHalf(l)), 16*8)
+		}
+	}
+	b.KHalf(1)[0], b.VHalf(0)[16*8-1] = 1, 2
+	if b.VHalf(0)[0] != 0 || b.KHalf(1)[0] != 1 || b.KHalf(1)[16*8-1] != 0 || b.VHalf(0)[16*8-1] != 2 {
+		t.Error("half-float keys and values overlap")
+	}
+	s.Release()
 	if fmt.Sprint(EventStored, EventEvicted) != "stored evicted" {
 		t.Error(EventStored, EventEvicted)
 	}
