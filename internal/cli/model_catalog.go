@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/npumesh/npumesh/internal/coordinator"
+	"github.com/npumesh/npumesh/internal/engine"
 	enginearch "github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
 	"github.com/npumesh/npumesh/internal/modelstore"
@@ -320,8 +321,7 @@ type modelFacts struct {
 }
 
 // ggufFacts reads the architecture and computes the engine's default KV
-// budget (four full contexts, at most 4 GiB, at least one context; f32
-// keys and values in 16-position blocks, as engine.newCache does).
+// budget (engine.DefaultKVBudgetBytes).
 func ggufFacts(path string) (modelFacts, error) {
 	f, err := gguf.Open(path)
 	if err != nil {
@@ -332,16 +332,13 @@ func ggufFacts(path string) (modelFacts, error) {
 	if err != nil {
 		return modelFacts{}, err
 	}
-	const bs = 16
-	block := 4 * 2 * int64(p.Layers) * bs * int64(p.KVDim())
-	ctx := int64((p.Context+bs-1)/bs) * block
-	return modelFacts{arch: p.Arch, kvBudget: max(min(4*ctx, 4<<30), ctx)}, nil
+	return modelFacts{arch: p.Arch, kvBudget: engine.DefaultKVBudgetBytes(p.Layers, p.KVDim(), p.Context)}, nil
 }
 
 // hfFacts does what ggufFacts does for a Hugging Face safetensors
 // directory, from its config.json as the engine reads it: the context is
 // max_position_embeddings (4096 when absent), a position's keys or values
-// in one layer num_key_value_heads*head_dim floats. A model_type the
+// in one layer num_key_value_heads*head_dim numbers. A model_type the
 // engine does not run still gets its KV budget, with an error to warn about.
 func hfFacts(dir string) (modelFacts, error) {
 	b, err := os.ReadFile(filepath.Join(dir, safetensors.ConfigFile))
@@ -356,10 +353,7 @@ func hfFacts(dir string) (modelFacts, error) {
 	if ctxLen <= 0 {
 		ctxLen = 4096
 	}
-	const bs = 16
-	block := 4 * 2 * int64(c.NumHiddenLayers) * bs * int64(c.NumKeyValueHeads*c.HeadDim)
-	ctx := int64((ctxLen+bs-1)/bs) * block
-	facts := modelFacts{arch: c.ModelType, kvBudget: max(min(4*ctx, 4<<30), ctx)}
+	facts := modelFacts{arch: c.ModelType, kvBudget: engine.DefaultKVBudgetBytes(c.NumHiddenLayers, c.NumKeyValueHeads*c.HeadDim, ctxLen)}
 	switch c.ModelType {
 	case "llama", "qwen2":
 		return facts, nil

@@ -277,8 +277,7 @@ func newCache(hp *hparams, layers int, id string, opts Options) (*kvcache.Cache,
 	if bs == 0 {
 		bs = kvcache.DefaultBlockSize
 	}
-	blockBytes := elem * 2 * int64(hp.Layers) * int64(bs) * int64(hp.KVDim())
-	context := int64((hp.Context+bs-1)/bs) * blockBytes
+	blockBytes, context := kvContextBytes(hp.Layers, hp.KVDim(), hp.Context, bs, elem)
 	budget := opts.KVBudgetBytes
 	if budget == 0 {
 		budget = min(defaultKVContexts*context, defaultKVMaxBytes)
@@ -290,6 +289,23 @@ func newCache(hp *hparams, layers int, id string, opts Options) (*kvcache.Cache,
 		ModelID: id, BlockSize: bs, Layers: layers, KVDim: hp.KVDim(), Half: half,
 		BudgetBytes: blocks * stageBlockBytes, OnEvent: opts.OnCacheEvent,
 	})
+}
+
+// kvContextBytes is the size of one KV block of bs positions and of a
+// full context of contextLen positions in such blocks, elem bytes a number.
+func kvContextBytes(layers, kvDim, contextLen, bs int, elem int64) (block, context int64) {
+	block = elem * 2 * int64(layers) * int64(bs) * int64(kvDim)
+	return block, int64((contextLen+bs-1)/bs) * block
+}
+
+// DefaultKVBudgetBytes is the KV cache memory Load gives a model of layers
+// layers, KV dimension kvDim and contextLen positions when every KV option
+// is left at its default: four full contexts of f16 keys and values in
+// 16-position blocks, at most 4 GiB. Placement reserves it for a model
+// before any node has loaded it.
+func DefaultKVBudgetBytes(layers, kvDim, contextLen int) int64 {
+	_, context := kvContextBytes(layers, kvDim, contextLen, kvcache.DefaultBlockSize, kvcache.ElemBytes(true))
+	return max(min(defaultKVContexts*context, defaultKVMaxBytes), context)
 }
 
 // kvHalf reads Options.KVType: true for half floats.
