@@ -319,9 +319,10 @@ func attendScratch(group, hd, n int) int {
 // group's weights (zero past the last position) in another. Two long
 // products instead of two per block: the kernels' per-call and per-row
 // costs (a horizontal sum per row and vector) were most of the time with
-// 16-position blocks. MatMul gives each vector what it gives it alone, so
-// a head's result does not depend on the others, nor on the rest of the
-// batch.
+// 16-position blocks. A cache of half floats is gathered as half floats
+// and multiplied by the F16 kernels. MatMul gives each vector what it
+// gives it alone, so a head's result does not depend on the others, nor
+// on the rest of the batch.
 func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	hp := &m.hp
 	hd, qDim := hp.HeadDim, hp.QDim()
