@@ -23,6 +23,8 @@ var forbidden = map[string][]string{
 	// The router imports blockhash: it must stay free of the cache and the engine.
 	"internal/kvcache/blockhash": {"net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/kvcache", mod + "internal/engine"},
 	"internal/synth":             {"net/http", "google.golang.org/grpc", mod + "proto"},
+	// Memory for the engine and the kernels: it knows neither.
+	"internal/hugemem": {"net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/engine", mod + "internal/kernels"},
 	// The planner is a pure function; the coordinator feeds it.
 	"internal/shard":    {"net", "net/http", "google.golang.org/grpc", mod + "proto", mod + "internal/engine"},
 	"internal/linkemu":  {"google.golang.org/grpc", mod + "internal/engine", mod + "internal/node", mod + "internal/coordinator"},

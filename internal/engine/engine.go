@@ -267,24 +267,15 @@ func (m *Model) start(opts Options, threads int, bytesByType map[gguf.Type]uint6
 // budget is that of the whole model; a pipeline stage gets the same number
 // of blocks, each holding only its own layers, so that every stage of a
 // pipeline has room for the same positions.
-func newCache(hp *hparams, layers int, id string, opts Options) (*kvcache.Cache, error) {
-	half, err := kvHalf(opts.KVType)
-	if err != nil {
-		return nil, err
-	}
+func newCache(hp *hparams, layers int, id string, half bool, opts Options) (*kvcache.Cache, error) {
 	elem := kvcache.ElemBytes(half)
 	bs := opts.BlockSize
 	if bs == 0 {
 		bs = kvcache.DefaultBlockSize
 	}
 	blockBytes, context := kvContextBytes(hp.Layers, hp.KVDim(), hp.Context, bs, elem)
-	budget := opts.KVBudgetBytes
-	if budget == 0 {
-		budget = min(defaultKVContexts*context, defaultKVMaxBytes)
-	}
-	budget = max(budget, context)
-	blocks := budget / blockBytes
-	stageBlockBytes := elem * 2 * int64(layers) * int64(bs) * int64(hp.KVDim())
+	blocks := kvBudget(context, opts.KVBudgetBytes) / blockBytes
+	stageBlockBytes, _ := kvContextBytes(layers, hp.KVDim(), 0, bs, elem)
 	return kvcache.New(kvcache.Config{
 		ModelID: id, BlockSize: bs, Layers: layers, KVDim: hp.KVDim(), Half: half,
 		BudgetBytes: blocks * stageBlockBytes, OnEvent: opts.OnCacheEvent,
@@ -305,7 +296,18 @@ func kvContextBytes(layers, kvDim, contextLen, bs int, elem int64) (block, conte
 // before any node has loaded it.
 func DefaultKVBudgetBytes(layers, kvDim, contextLen int) int64 {
 	_, context := kvContextBytes(layers, kvDim, contextLen, kvcache.DefaultBlockSize, kvcache.ElemBytes(true))
-	return max(min(defaultKVContexts*context, defaultKVMaxBytes), context)
+	return kvBudget(context, 0)
+}
+
+// kvBudget is the KV budget for a context of context bytes when asked
+// bytes are asked for (Options.KVBudgetBytes; 0: the default of
+// defaultKVContexts contexts, at most defaultKVMaxBytes), never less than
+// one context.
+func kvBudget(context, asked int64) int64 {
+	if asked == 0 {
+		asked = min(defaultKVContexts*context, defaultKVMaxBytes)
+	}
+	return max(asked, context)
 }
 
 // kvHalf reads Options.KVType: true for half floats.

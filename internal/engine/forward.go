@@ -243,22 +243,17 @@ func (m *Model) forward(b *batch) {
 	matmulBatch(b.logits, &w.output, b.xl, nl, pool)
 }
 
-// eachRowMin is the batch size from which eachRow splits the rows over
-// the pool: below it the work between two products (a norm, RoPE, a
-// residual add: microseconds a row) is less than a dispatch is worth.
-const eachRowMin = 4
+// eachRowChunk is the fewest rows eachRow gives a thread: the work between
+// two products (a norm, RoPE, a residual add: microseconds a row) is less
+// than a dispatch is worth for one row, so a batch of fewer than 4 rows
+// stays on the caller.
+const eachRowChunk = 2
 
-// eachRow calls fn for each row index in [0,n): on the pool's threads for
-// eachRowMin rows or more, on the caller otherwise. fn must only write
-// row i's own data.
+// eachRow calls fn for each row index in [0,n), split over the pool's
+// threads (m.split) in chunks of at least eachRowChunk rows. fn must only
+// write row i's own data.
 func (m *Model) eachRow(n int, fn func(i int)) {
-	if n < eachRowMin || m.threads < 2 {
-		for i := range n {
-			fn(i)
-		}
-		return
-	}
-	m.pool.For(n, (n+m.threads-1)/m.threads, func(lo, hi int) {
+	m.split(n, eachRowChunk, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			fn(i)
 		}

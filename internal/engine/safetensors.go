@@ -194,7 +194,7 @@ func prepareModel(hp *hparams, w weights, tok modelTokenizer, id string, opts Op
 		shape.HeadBytes = int64(len(w.output.data) + 4*len(w.outNorm))
 	}
 	m := &Model{hp: *hp, w: w, tok: tok, threads: threads, stepBytes: stepWeightBytes(&w), stage: stage, kvHalf: half}
-	if m.cache, err = newCache(hp, len(w.layers), id, opts); err != nil {
+	if m.cache, err = newCache(hp, len(w.layers), id, half, opts); err != nil {
 		return fail(err)
 	}
 	packed, err := packWeights(&m.w, threads)

@@ -303,11 +303,11 @@ func TestSetGeneric(t *testing.T) {
 
 // TestImports enforces the package comment: kernels imports the standard
 // library, gguf's type enum, x/sys/cpu and (for the bandwidth probe's
-// huge-page buffer) x/sys/unix, nothing else (in particular no network
+// huge-page buffer) hugemem, nothing else (in particular no network
 // package).
 func TestImports(t *testing.T) {
 	files, _ := filepath.Glob("*.go")
-	allowed := map[string]bool{"github.com/npumesh/npumesh/internal/gguf": true, "golang.org/x/sys/cpu": true, "golang.org/x/sys/unix": true}
+	allowed := map[string]bool{"github.com/npumesh/npumesh/internal/gguf": true, "golang.org/x/sys/cpu": true, "github.com/npumesh/npumesh/internal/hugemem": true}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue

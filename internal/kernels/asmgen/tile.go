@@ -113,20 +113,17 @@ func packedPrefetch(V int) int {
 func tileKernel(t tileType, V int, vnni, packed bool) {
 	bsize := t.bsize
 	name := tileName(t, V, vnni, packed)
-	var w, dx, xq, nb, rb, w4 GPVirtual
+	var rb, w4 GPVirtual
 	var rowAt func(r, disp int) Mem
+	wparam := "w"
 	if packed {
+		wparam = "p"
 		TEXT(name, NOSPLIT, "func(p *byte, x *byte, nb int, xstride int, out *float32, ostride int)")
 		Pragma("noescape")
 		Doc(fmt.Sprintf("%s multiplies a packed group of 8 %s rows (see PackInto) by %d q8", name, t.name, V),
 			"vectors over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r].",
 			"Vector v's record, at x + v·xstride, holds per block its scale d (float32)",
 			"and offset xoi (int32), then the nb·32 q8 values.")
-		w, dx, xq, nb = GP64(), GP64(), GP64(), GP64()
-		Load(Param("p"), w)
-		Load(Param("x"), dx)
-		Load(Param("nb"), nb)
-		LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
 	} else {
 		TEXT(name, NOSPLIT, "func(w *byte, rb int, x *byte, nb int, xstride int, out *float32, ostride int)")
 		Pragma("noescape")
@@ -134,11 +131,13 @@ func tileKernel(t tileType, V int, vnni, packed bool) {
 			"over nb ≥ 1 blocks; row r of vector v goes to out[v·ostride/4 + r]. Vector v's",
 			"record, at x + v·xstride, holds per block its scale d (float32) and offset",
 			"xoi (int32), then the nb·32 q8 values.")
-		w, dx, xq, nb = GP64(), GP64(), GP64(), GP64()
-		Load(Param("w"), w)
-		Load(Param("x"), dx)
-		Load(Param("nb"), nb)
-		LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
+	}
+	w, dx, xq, nb := GP64(), GP64(), GP64(), GP64()
+	Load(Param(wparam), w)
+	Load(Param("x"), dx)
+	Load(Param("nb"), nb)
+	LEAQ(Mem{Base: dx, Index: nb, Scale: 8}, xq)
+	if !packed {
 		var rb3 GPVirtual
 		rb, rb3, w4 = GP64(), GP64(), GP64()
 		Load(Param("rb"), rb)

@@ -1,4 +1,4 @@
-package engine
+package hugemem
 
 import (
 	"bytes"
@@ -9,19 +9,18 @@ import (
 	"unsafe"
 )
 
-// TestAllocWeightsHugePages: the packed weights' arena starts on a 2 MiB
-// boundary, and the kernel takes it as eligible for transparent huge pages
-// (smaps' THPeligible) wherever its setting is not "never"; freeWeights
-// unmaps it.
-func TestAllocWeightsHugePages(t *testing.T) {
+// TestAllocHugePages: a buffer starts on a 2 MiB boundary, and the kernel
+// takes it as eligible for transparent huge pages (smaps' THPeligible)
+// wherever its setting is not "never"; Free unmaps it.
+func TestAllocHugePages(t *testing.T) {
 	const n = 9<<20 + 4096 // not a whole number of huge pages
-	b, err := allocWeights(n)
+	b, err := Alloc(n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-	if len(b) != n || start%(2<<20) != 0 {
-		t.Fatalf("arena of %d bytes at %#x, want %d bytes on a 2 MiB boundary", len(b), start, n)
+	if len(b) != n || start%Huge != 0 {
+		t.Fatalf("buffer of %d bytes at %#x, want %d bytes on a 2 MiB boundary", len(b), start, n)
 	}
 	for i := 0; i < n; i += 4096 {
 		b[i] = 1 // writable, and faulted in
@@ -35,11 +34,11 @@ func TestAllocWeightsHugePages(t *testing.T) {
 	if err != nil {
 		t.Logf("no THP setting to compare (%v): THPeligible %s", err, eligible)
 	} else if !bytes.Contains(setting, []byte("[never]")) && eligible != "1" {
-		t.Errorf("THP setting %q, arena THPeligible %q; want 1", strings.TrimSpace(string(setting)), eligible)
+		t.Errorf("THP setting %q, buffer THPeligible %q; want 1", strings.TrimSpace(string(setting)), eligible)
 	}
-	freeWeights(b)
+	Free(b)
 	if _, found := smapsField(t, head, "THPeligible:"); found {
-		t.Error("freeWeights left the arena mapped")
+		t.Error("Free left the buffer mapped")
 	}
 }
 
