@@ -6,8 +6,10 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/npumesh/npumesh/internal/gguf"
+	"github.com/npumesh/npumesh/internal/hugemem"
 )
 
 // The benchmarks use 4096×4096 matrices (a 7B model's attention
@@ -168,6 +170,77 @@ func BenchmarkMeasureBandwidth(b *testing.B) {
 		bw = MeasureBandwidth()
 	}
 	b.ReportMetric(bw/1e9, "GB/s")
+}
+
+// BenchmarkStreamPacked sets the one-vector packed kernels (a batch-1
+// decode step's products) beside the bandwidth probe's read loop, both
+// streaming the same 256 MiB in huge pages as the engine's weights are,
+// on one and on two threads, so that the kernel's share of the probe's
+// rate (the bandwidth bound's) is read off one run. The packed blocks have
+// unit scales and random quants (untouched pages would read as the
+// zero page).
+func BenchmarkStreamPacked(b *testing.B) {
+	const cols, size = 2048, 256 << 20
+	mem, err := hugemem.Alloc(size)
+	if err != nil {
+		b.Skipf("no huge-page buffer: %v", err)
+	}
+	defer hugemem.Free(mem)
+	words := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(mem))), size/8)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range words {
+		words[i] = r.Uint64() // and the probe reads no untouched (zero) pages
+	}
+	x := randomVec(r, cols)
+	im := active.Load()
+	for _, threads := range []int{1, 2} {
+		b.Run(fmt.Sprintf("probe/threads=%d", threads), func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				var wg sync.WaitGroup
+				share := len(words) / threads &^ 15
+				for t := range threads {
+					wg.Go(func() { readSum(words[t*share : (t+1)*share]) })
+				}
+				wg.Wait()
+			}
+		})
+		for _, typ := range []gguf.Type{gguf.TypeQ4_0, gguf.TypeQ8_0} {
+			ts := tilesFor(im, typ)
+			if ts == nil || ts.p8v1 == nil {
+				continue
+			}
+			b8 := packedB8("BenchmarkStreamPacked", typ)
+			nb := cols / 32
+			gb := nb * b8
+			groups := size / gb
+			b.Run(fmt.Sprintf("%v/threads=%d", typ, threads), func(b *testing.B) {
+				for blk := 0; blk < groups*nb; blk++ {
+					p := mem[blk*b8 : (blk+1)*b8]
+					for j := 0; j < 16; j += 2 {
+						p[j], p[j+1] = 0x00, 0x3c // fp16 1.0
+					}
+				}
+				xt := new(scratch).q8TileVecs(im.quantQ8, x, 1, cols, ts.offset, nil)
+				rec := (*byte)(unsafe.Pointer(&xt.rec[0]))
+				b.SetBytes(int64(groups * gb))
+				b.ResetTimer()
+				for b.Loop() {
+					var wg sync.WaitGroup
+					per := groups / threads
+					for t := range threads {
+						wg.Go(func() {
+							var out [8]float32
+							for g := t * per; g < (t+1)*per; g++ {
+								ts.p8v1(&mem[g*gb], rec, nb, xt.stride, &out[0], 32)
+							}
+						})
+					}
+					wg.Wait()
+				}
+			})
+		}
+	}
 }
 
 // BenchmarkRow times the row kernels alone, one row of 4096 in L1, one

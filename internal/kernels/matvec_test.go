@@ -375,6 +375,59 @@ func TestEnvForcesGeneric(t *testing.T) {
 
 // TestPoolEqualsSerial: products large enough to be split over a pool
 // (above serialBytes) give the same bits as on the caller alone.
+// TestPoolGuided checks ForGuided's chunks: every index once, each chunk
+// starting at a multiple of unit, at least least long but for the last,
+// and never longer than the chunk before it, from concurrent callers.
+func TestPoolGuided(t *testing.T) {
+	p := NewPool(3)
+	defer p.Close()
+	var wg sync.WaitGroup
+	for c := range 3 {
+		wg.Go(func() {
+			for rep := range 40 {
+				n := (c*977 + rep*131) % 3000
+				unit, least := 1+rep%8, 1+rep%50
+				hits := make([]atomic.Int32, n)
+				var mu sync.Mutex
+				chunks := map[int]int{} // lo → hi
+				p.ForGuided(n, unit, least, func(lo, hi int) {
+					mu.Lock()
+					chunks[lo] = hi
+					mu.Unlock()
+					for i := lo; i < hi; i++ {
+						hits[i].Add(1)
+					}
+				})
+				for i := range hits {
+					if h := hits[i].Load(); h != 1 {
+						t.Errorf("n=%d: index %d ran %d times", n, i, h)
+						return
+					}
+				}
+				prev := n + 1
+				for lo := 0; lo < n; lo = chunks[lo] {
+					hi, ok := chunks[lo]
+					if !ok || lo%unit != 0 || hi <= lo || (hi < n && hi-lo < least) || hi-lo > prev {
+						t.Errorf("n=%d unit=%d least=%d: chunk [%d,%d) (found %v) after one of %d", n, unit, least, lo, hi, ok, prev)
+						return
+					}
+					prev = hi - lo
+				}
+				if n > 4*least && len(chunks) < 2 {
+					t.Errorf("n=%d least=%d: %d chunks", n, least, len(chunks))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var nilPool *Pool
+	ran := 0
+	nilPool.ForGuided(10, 4, 1, func(lo, hi int) { ran += hi - lo })
+	if ran != 10 {
+		t.Errorf("nil pool ran %d of 10", ran)
+	}
+}
+
 func TestPoolEqualsSerial(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 14))
 	pool := NewPool(4)

@@ -49,10 +49,14 @@ type job struct {
 	fn    func(lo, hi int)
 	n     int
 	grain int
-	next  atomic.Int64
-	spin  time.Duration // the pool's
-	left  atomic.Int32  // helpers that have not finished
-	done  chan struct{} // the last helper to finish sends one value
+	// A guided job (ForGuided) hands out chunks of 1/div of what is
+	// left, at least grain and in multiples of unit; div 0 is For's
+	// fixed chunks.
+	div, unit int
+	next      atomic.Int64
+	spin      time.Duration // the pool's
+	left      atomic.Int32  // helpers that have not finished
+	done      chan struct{} // the last helper to finish sends one value
 }
 
 // NewPool starts threads−1 workers: the goroutine that calls a product is
@@ -150,11 +154,31 @@ func (p *Pool) Close() {
 
 func (j *job) work() {
 	for {
-		lo := int(j.next.Add(int64(j.grain))) - j.grain
+		lo, hi := j.claim()
 		if lo >= j.n {
 			return
 		}
-		j.fn(lo, min(lo+j.grain, j.n))
+		j.fn(lo, hi)
+	}
+}
+
+// claim takes the next chunk [lo,hi); lo ≥ j.n when none is left.
+func (j *job) claim() (lo, hi int) {
+	if j.div == 0 {
+		lo = int(j.next.Add(int64(j.grain))) - j.grain
+		return lo, min(lo+j.grain, j.n)
+	}
+	for {
+		lo = int(j.next.Load())
+		if lo >= j.n {
+			return lo, lo
+		}
+		size := max((j.n-lo)/j.div, j.grain)
+		size = (size + j.unit - 1) / j.unit * j.unit
+		hi = min(lo+size, j.n)
+		if j.next.CompareAndSwap(int64(lo), int64(hi)) {
+			return lo, hi
+		}
 	}
 }
 
@@ -173,18 +197,36 @@ func (j *job) wait() {
 // For calls fn on disjoint chunks covering [0,n), each at most grain long,
 // on up to p.threads goroutines (the caller's included), and returns when
 // all are done. Chunks are handed out dynamically, so a core that the
-// (shared, noisy) machine slows down takes fewer of them. The products
-// use it, and so does code outside this package that should run on the
-// same threads (the engine's attention and element-wise work): a
+// (shared, noisy) machine slows down takes fewer of them. The row-major
+// products use it, and so does code outside this package that should run
+// on the same threads (the engine's attention and element-wise work): a
 // goroutine started per call instead would wait behind a worker that is
 // polling for its next product.
 func (p *Pool) For(n, grain int, fn func(lo, hi int)) {
+	grain = max(grain, 1)
+	p.run(&job{fn: fn, n: n, grain: grain}, (n+grain-1)/grain)
+}
+
+// ForGuided is For with chunks that shrink as the work runs out: each
+// takes 1/(2·threads) of the rows left, at least least rows, and starts at
+// a multiple of unit (each chunk but the last is a multiple of unit
+// long). The products use it: the threads read long runs of rows at
+// first, and the last chunks are small, so that no thread waits long for
+// the others to finish theirs.
+func (p *Pool) ForGuided(n, unit, least int, fn func(lo, hi int)) {
+	unit = max(unit, 1)
+	least = max(least, 1)
+	p.run(&job{fn: fn, n: n, grain: least, unit: unit, div: 2 * p.Threads()}, (n+least-1)/least)
+}
+
+// run runs j on the pool; chunks is how many chunks of j there are at
+// most.
+func (p *Pool) run(j *job, chunks int) {
+	n, fn := j.n, j.fn
 	if n <= 0 {
 		return
 	}
-	grain = max(grain, 1)
-	chunks := (n + grain - 1) / grain
-	if p == nil || p.threads == 1 || chunks == 1 {
+	if p == nil || p.threads == 1 || chunks <= 1 {
 		fn(0, n)
 		return
 	}
@@ -192,7 +234,7 @@ func (p *Pool) For(n, grain int, fn func(lo, hi int)) {
 		panic("kernels: Pool used after Close")
 	}
 	helpers := min(p.threads-1, chunks-1)
-	j := &job{fn: fn, n: n, grain: grain, spin: p.spin, done: make(chan struct{}, 1)}
+	j.spin, j.done = p.spin, make(chan struct{}, 1)
 	j.left.Store(int32(helpers))
 	for range helpers {
 		p.jobs <- j
