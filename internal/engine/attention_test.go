@@ -71,17 +71,21 @@ func attendHeadReference(m *Model, b *batch, li, i, h int, att, out []float32) {
 	off := (h / (hp.Heads / hp.KVHeads)) * bs * hd
 	att = att[:p+1]
 	for t := 0; t <= p; t++ {
-		keys := kvFloats(m, kv.Block(t/bs), li, true)
-		att[t] = dotF32(q, keys[off+(t%bs)*hd:off+(t%bs+1)*hd]) * scale
+		keys := kvFloats(m, kv.Block(t/bs), li, true) // [head][hd][slot]
+		var dot float32
+		for d := range hd {
+			dot += q[d] * keys[off+d*bs+t%bs]
+		}
+		att[t] = dot * scale
 	}
 	softmax(att)
 	out = out[:hd]
 	clear(out)
 	for t0 := 0; t0 <= p; t0 += bs {
-		vals := kvFloats(m, kv.Block(t0/bs), li, false) // [head][hd][slot]
+		vals := kvFloats(m, kv.Block(t0/bs), li, false) // [head][slot][hd]
 		for d := range out {
 			for t := t0; t < t0+bs && t <= p; t++ {
-				out[d] += att[t] * vals[off+d*bs+t-t0]
+				out[d] += att[t] * vals[off+(t-t0)*hd+d]
 			}
 		}
 	}

@@ -200,9 +200,9 @@ func (m *Model) forward(b *batch) {
 			rope(k, hd, hp.Rope, cos, sin)
 			// All rows' keys and values are stored before any row
 			// attends: later rows of a prompt chunk read earlier ones.
-			// A block holds each KV head's part as a matrix for
-			// attendGroup's products: keys [slot][hd], values
-			// transposed, [hd][slot]. (Rows write distinct slots.)
+			// A block holds each KV head's part as attendGroup's
+			// kernels read it: keys transposed, [hd][slot], values
+			// [slot][hd]. (Rows write distinct slots.)
 			p := b.pos[i]
 			blk := b.kv[i].Block(p / bs)
 			slot := p % bs
@@ -284,7 +284,7 @@ func (m *Model) attention(b *batch, li int) {
 		b.scratch = append(b.scratch, nil)
 	}
 	run := func(wi, lo, hi int) {
-		att := grow(b.scratch[wi], attendScratch(group, m.hp.HeadDim, maxPos+1))
+		att := grow(b.scratch[wi], attendScratch(group, m.cache.BlockSize(), maxPos+1))
 		b.scratch[wi] = att
 		for t := lo; t < hi; t++ {
 			m.attendGroup(b, li, t/kvHeads, t%kvHeads, att)
@@ -299,25 +299,23 @@ func (m *Model) attention(b *batch, li int) {
 	m.pool.For(tasks, chunk, func(lo, hi int) { run(lo/chunk, lo, hi) })
 }
 
-// attendScratch is the scratch attendGroup needs for n positions.
-func attendScratch(group, hd, n int) int {
-	np := (n + 7) &^ 7
-	return group*np + hd*np
+// attendScratch is the scratch attendGroup needs for n positions: the
+// group's attention weights, a row per query head over whole blocks.
+func attendScratch(group, bs, n int) int {
+	return group * ((n + bs - 1) / bs * bs)
 }
 
 // attendGroup is KV head g of row i for each query head h that shares it:
-// softmax(q_h·K/sqrt(hd))·V over the row's positions. The head's keys of
-// every block are gathered into one np×hd matrix (np: the positions
-// rounded up to 8, the extra rows zero) and multiplied by the group's
-// queries in one kernels.MatMul; then its values, stored transposed in
-// the blocks, are gathered into one hd×np matrix and multiplied by the
-// group's weights (zero past the last position) in another. Two long
-// products instead of two per block: the kernels' per-call and per-row
-// costs (a horizontal sum per row and vector) were most of the time with
-// 16-position blocks. A cache of half floats is gathered as half floats
-// and multiplied by the F16 kernels. MatMul gives each vector what it
-// gives it alone, so a head's result does not depend on the others, nor
-// on the rest of the batch.
+// softmax(q_h·K/sqrt(hd))·V over the row's positions. The kernels read
+// the cache blocks in place (kernels.AttnScores*, AttnValues*), a block
+// for the whole group at a time: its keys are stored transposed, [hd][slot],
+// so a block's scores are summed a dimension at a time, and its values as
+// they come, [slot][hd], so the output is summed a slot at a time, both with
+// no horizontal sums. (Until session 5 the keys were [slot][hd] and the
+// values [hd][slot], and each task first gathered every block's keys and
+// values into one matrix for two kernels.MatMul; the gathers cost as much
+// as the products.) A head's result does not depend on the other heads,
+// nor on the rest of the batch.
 func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	hp := &m.hp
 	hd, qDim := hp.HeadDim, hp.QDim()
@@ -326,90 +324,47 @@ func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	p := b.pos[i]
 	n := p + 1
-	np := (n + 7) &^ 7
+	blocks := (n + bs - 1) / bs
+	ld := blocks * bs
 	kv := b.kv[i]
 	q := b.q[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
-	att, kt := scratch[:group*np], scratch[group*np:group*np+hd*np]
-	off := g * bs * hd // this head's part of a block
-	// kt holds the keys, then the values; half floats take half of it.
-	kt16 := unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(kt))), np*hd)
-	if m.kvHalf {
-		gatherKeys(kt16, func(j int) []uint16 { return kv.Block(j).KHalf(li) }, n, np, hd, bs, off)
-		kernels.MatMul(att, u16Bytes(kt16), gguf.TypeF16, np, hd, q, group, nil)
-	} else {
-		gatherKeys(kt, func(j int) []float32 { return kv.Block(j).K(li) }, n, np, hd, bs, off)
-		kernels.MatMul(att, f32Bytes(kt), gguf.TypeF32, np, hd, q, group, nil)
+	att := scratch[:group*ld]
+	off, size := g*bs*hd, bs*hd // this head's part of a block
+	for j := range blocks {
+		if m.kvHalf {
+			kernels.AttnScoresF16(att[j*bs:], ld, kv.Block(j).KHalf(li)[off:off+size], q, group, hd, bs)
+		} else {
+			kernels.AttnScoresF32(att[j*bs:], ld, kv.Block(j).K(li)[off:off+size], q, group, hd, bs)
+		}
 	}
 	for h := range group {
-		a := att[h*np : (h+1)*np]
-		scaledSoftmax(a[:n], scale)
-		clear(a[n:])
+		scaledSoftmax(att[h*ld:h*ld+n], scale)
 	}
 	out := b.ao[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
-	if m.kvHalf {
-		gatherValues(kt16, func(j int) []uint16 { return kv.Block(j).VHalf(li) }, n, np, hd, bs, off)
-		kernels.MatMul(out, u16Bytes(kt16), gguf.TypeF16, hd, np, att, group, nil)
-		return
+	clear(out)
+	for j := range blocks {
+		rows := min(bs, n-j*bs)
+		if m.kvHalf {
+			kernels.AttnValuesF16(out, kv.Block(j).VHalf(li)[off:off+size], att[j*bs:], ld, group, hd, rows)
+		} else {
+			kernels.AttnValuesF32(out, kv.Block(j).V(li)[off:off+size], att[j*bs:], ld, group, hd, rows)
+		}
 	}
-	gatherValues(kt, func(j int) []float32 { return kv.Block(j).V(li) }, n, np, hd, bs, off)
-	kernels.MatMul(out, f32Bytes(kt), gguf.TypeF32, hd, np, att, group, nil)
 }
 
 // storeKV writes one position's keys k and values v (kvDim each) into a
 // block's layer, as attendGroup reads them: per KV head (hd numbers), the
-// keys as a [slot][hd] matrix and the values transposed, [hd][slot]. conv
-// gives the stored number (float32 itself, or its half float).
+// keys transposed, [hd][slot], and the values as they come, [slot][hd].
+// conv gives the stored number (float32 itself, or its half float).
 func storeKV[T float32 | uint16](bk, bv []T, k, v []float32, hd, bs, slot int, conv func(float32) T) {
 	for g := 0; g < len(k); g += hd {
 		off := g * bs
-		dk := bk[off+slot*hd : off+(slot+1)*hd]
 		for d, x := range k[g : g+hd] {
-			dk[d] = conv(x)
+			bk[off+d*bs+slot] = conv(x)
 		}
+		dv := bv[off+slot*hd : off+(slot+1)*hd]
 		for d, x := range v[g : g+hd] {
-			bv[off+d*bs+slot] = conv(x)
-		}
-	}
-}
-
-// gatherKeys copies one KV head's keys of positions [0,n) (at off in each
-// block's layer, block(j) for block j) into kt as one np×hd matrix, the
-// rows past n zero.
-func gatherKeys[T float32 | uint16](kt []T, block func(j int) []T, n, np, hd, bs, off int) {
-	for t0 := 0; t0 < n; t0 += bs {
-		rows := min(bs, n-t0)
-		copy(kt[t0*hd:(t0+rows)*hd], block(t0 / bs)[off:off+rows*hd])
-	}
-	clear(kt[n*hd : np*hd])
-}
-
-// gatherValues copies one KV head's values of positions [0,n), stored
-// transposed in each block, into vt as one hd×np matrix: row d is
-// dimension d at every position, zero past n.
-func gatherValues[T float32 | uint16](vt []T, block func(j int) []T, n, np, hd, bs, off int) {
-	for t0 := 0; t0 < n; t0 += bs {
-		rows := min(bs, n-t0)
-		vals := block(t0 / bs)[off : off+hd*bs]
-		if rows == 16 && bs == 16 {
-			for d := range hd {
-				// Element by element: Go copies arrays (and copy()
-				// slices) with a call to memmove, which costs more
-				// than 64 bytes' moves.
-				o, v := (*[16]T)(vt[d*np+t0:]), (*[16]T)(vals[d*16:])
-				o[0], o[1], o[2], o[3] = v[0], v[1], v[2], v[3]
-				o[4], o[5], o[6], o[7] = v[4], v[5], v[6], v[7]
-				o[8], o[9], o[10], o[11] = v[8], v[9], v[10], v[11]
-				o[12], o[13], o[14], o[15] = v[12], v[13], v[14], v[15]
-			}
-			continue
-		}
-		for d := range hd {
-			copy(vt[d*np+t0:d*np+t0+rows], vals[d*bs:d*bs+rows])
-		}
-	}
-	if n < np {
-		for d := range hd {
-			clear(vt[d*np+n : (d+1)*np])
+			dv[d] = conv(x)
 		}
 	}
 }

@@ -37,6 +37,12 @@ func asmImpl() *impl {
 	a.bf16x4 = dotBF16x4Asm
 	a.quantQ8 = quantizeQ8Asm
 	a.q4_0T, a.q8_0T = tilesQ4_0AVX2, tilesQ8_0AVX2
+	a.attn = &attnSet{
+		scoresF32x1: attnScoresF32x1, scoresF32x4: attnScoresF32x4,
+		scoresF16x1: attnScoresF16x1, scoresF16x4: attnScoresF16x4,
+		valuesF32x1: attnValuesF32x1, valuesF32x4: attnValuesF32x4,
+		valuesF16x1: attnValuesF16x1, valuesF16x4: attnValuesF16x4,
+	}
 	if hasVNNI() {
 		a.q4_0T, a.q8_0T = tilesQ4_0VNNI, tilesQ8_0VNNI
 	}

@@ -6147,3 +6147,383 @@ swigluAVX2done:
 	MOVQ BX, ret+24(FP)
 	VZEROUPPER
 	RET
+
+// func attnScoresF32x1(dst *float32, ld int, k *float32, q *float32, hd int)
+// Requires: AVX, FMA3
+TEXT ·attnScoresF32x1(SB), NOSPLIT, $0-40
+	MOVQ   dst+0(FP), AX
+	MOVQ   ld+8(FP), CX
+	MOVQ   k+16(FP), DX
+	MOVQ   q+24(FP), BX
+	MOVQ   hd+32(FP), SI
+	MOVQ   SI, DI
+	SHLQ   $0x02, DI
+	LEAQ   (DI)(DI*2), DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+
+attnScoresF32x1_loop:
+	VMOVUPS      (DX), Y2
+	VMOVUPS      32(DX), Y3
+	VBROADCASTSS (BX), Y4
+	VFMADD231PS  Y2, Y4, Y0
+	VFMADD231PS  Y3, Y4, Y1
+	ADDQ         $0x40, DX
+	ADDQ         $0x04, BX
+	DECQ         SI
+	JNZ          attnScoresF32x1_loop
+	SHLQ         $0x02, CX
+	LEAQ         (CX)(CX*2), CX
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VZEROUPPER
+	RET
+
+// func attnValuesF32x1(out *float32, v *float32, a *float32, ld int, hd int, rows int)
+// Requires: AVX, FMA3
+TEXT ·attnValuesF32x1(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), AX
+	MOVQ v+8(FP), CX
+	MOVQ a+16(FP), DX
+	MOVQ ld+24(FP), BX
+	MOVQ hd+32(FP), SI
+	MOVQ rows+40(FP), DI
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), BX
+	MOVQ SI, BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), BX
+	MOVQ SI, BX
+	SHLQ $0x02, BX
+
+attnValuesF32x1_chunk:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	MOVQ    DI, R8
+	MOVQ    CX, R9
+	MOVQ    DX, R10
+
+attnValuesF32x1_slots:
+	VMOVUPS      (R9), Y2
+	VMOVUPS      32(R9), Y3
+	VBROADCASTSS (R10), Y4
+	VFMADD231PS  Y2, Y4, Y0
+	VFMADD231PS  Y3, Y4, Y1
+	ADDQ         BX, R9
+	ADDQ         $0x04, R10
+	DECQ         R8
+	JNZ          attnValuesF32x1_slots
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	ADDQ         $0x40, AX
+	ADDQ         $0x40, CX
+	SUBQ         $0x10, SI
+	JNZ          attnValuesF32x1_chunk
+	VZEROUPPER
+	RET
+
+// func attnScoresF32x4(dst *float32, ld int, k *float32, q *float32, hd int)
+// Requires: AVX, FMA3
+TEXT ·attnScoresF32x4(SB), NOSPLIT, $0-40
+	MOVQ   dst+0(FP), AX
+	MOVQ   ld+8(FP), CX
+	MOVQ   k+16(FP), DX
+	MOVQ   q+24(FP), BX
+	MOVQ   hd+32(FP), SI
+	MOVQ   SI, DI
+	SHLQ   $0x02, DI
+	LEAQ   (DI)(DI*2), R8
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+
+attnScoresF32x4_loop:
+	VMOVUPS      (DX), Y8
+	VMOVUPS      32(DX), Y9
+	VBROADCASTSS (BX), Y10
+	VFMADD231PS  Y8, Y10, Y0
+	VFMADD231PS  Y9, Y10, Y1
+	VBROADCASTSS (BX)(DI*1), Y10
+	VFMADD231PS  Y8, Y10, Y2
+	VFMADD231PS  Y9, Y10, Y3
+	VBROADCASTSS (BX)(DI*2), Y10
+	VFMADD231PS  Y8, Y10, Y4
+	VFMADD231PS  Y9, Y10, Y5
+	VBROADCASTSS (BX)(R8*1), Y10
+	VFMADD231PS  Y8, Y10, Y6
+	VFMADD231PS  Y9, Y10, Y7
+	ADDQ         $0x40, DX
+	ADDQ         $0x04, BX
+	DECQ         SI
+	JNZ          attnScoresF32x4_loop
+	SHLQ         $0x02, CX
+	LEAQ         (CX)(CX*2), DX
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VMOVUPS      Y2, (AX)(CX*1)
+	VMOVUPS      Y3, 32(AX)(CX*1)
+	VMOVUPS      Y4, (AX)(CX*2)
+	VMOVUPS      Y5, 32(AX)(CX*2)
+	VMOVUPS      Y6, (AX)(DX*1)
+	VMOVUPS      Y7, 32(AX)(DX*1)
+	VZEROUPPER
+	RET
+
+// func attnValuesF32x4(out *float32, v *float32, a *float32, ld int, hd int, rows int)
+// Requires: AVX, FMA3
+TEXT ·attnValuesF32x4(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), AX
+	MOVQ v+8(FP), CX
+	MOVQ a+16(FP), DX
+	MOVQ ld+24(FP), BX
+	MOVQ hd+32(FP), SI
+	MOVQ rows+40(FP), DI
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), R8
+	MOVQ SI, R9
+	SHLQ $0x02, R9
+	LEAQ (R9)(R9*2), R10
+	MOVQ SI, R11
+	SHLQ $0x02, R11
+
+attnValuesF32x4_chunk:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VMOVUPS (AX)(R9*1), Y2
+	VMOVUPS 32(AX)(R9*1), Y3
+	VMOVUPS (AX)(R9*2), Y4
+	VMOVUPS 32(AX)(R9*2), Y5
+	VMOVUPS (AX)(R10*1), Y6
+	VMOVUPS 32(AX)(R10*1), Y7
+	MOVQ    DI, R12
+	MOVQ    CX, R13
+	MOVQ    DX, R14
+
+attnValuesF32x4_slots:
+	VMOVUPS      (R13), Y8
+	VMOVUPS      32(R13), Y9
+	VBROADCASTSS (R14), Y10
+	VFMADD231PS  Y8, Y10, Y0
+	VFMADD231PS  Y9, Y10, Y1
+	VBROADCASTSS (R14)(BX*1), Y10
+	VFMADD231PS  Y8, Y10, Y2
+	VFMADD231PS  Y9, Y10, Y3
+	VBROADCASTSS (R14)(BX*2), Y10
+	VFMADD231PS  Y8, Y10, Y4
+	VFMADD231PS  Y9, Y10, Y5
+	VBROADCASTSS (R14)(R8*1), Y10
+	VFMADD231PS  Y8, Y10, Y6
+	VFMADD231PS  Y9, Y10, Y7
+	ADDQ         R11, R13
+	ADDQ         $0x04, R14
+	DECQ         R12
+	JNZ          attnValuesF32x4_slots
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VMOVUPS      Y2, (AX)(R9*1)
+	VMOVUPS      Y3, 32(AX)(R9*1)
+	VMOVUPS      Y4, (AX)(R9*2)
+	VMOVUPS      Y5, 32(AX)(R9*2)
+	VMOVUPS      Y6, (AX)(R10*1)
+	VMOVUPS      Y7, 32(AX)(R10*1)
+	ADDQ         $0x40, AX
+	ADDQ         $0x40, CX
+	SUBQ         $0x10, SI
+	JNZ          attnValuesF32x4_chunk
+	VZEROUPPER
+	RET
+
+// func attnScoresF16x1(dst *float32, ld int, k *uint16, q *float32, hd int)
+// Requires: AVX, F16C, FMA3
+TEXT ·attnScoresF16x1(SB), NOSPLIT, $0-40
+	MOVQ   dst+0(FP), AX
+	MOVQ   ld+8(FP), CX
+	MOVQ   k+16(FP), DX
+	MOVQ   q+24(FP), BX
+	MOVQ   hd+32(FP), SI
+	MOVQ   SI, DI
+	SHLQ   $0x02, DI
+	LEAQ   (DI)(DI*2), DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+
+attnScoresF16x1_loop:
+	VCVTPH2PS    (DX), Y2
+	VCVTPH2PS    16(DX), Y3
+	VBROADCASTSS (BX), Y4
+	VFMADD231PS  Y2, Y4, Y0
+	VFMADD231PS  Y3, Y4, Y1
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	DECQ         SI
+	JNZ          attnScoresF16x1_loop
+	SHLQ         $0x02, CX
+	LEAQ         (CX)(CX*2), CX
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VZEROUPPER
+	RET
+
+// func attnValuesF16x1(out *float32, v *uint16, a *float32, ld int, hd int, rows int)
+// Requires: AVX, F16C, FMA3
+TEXT ·attnValuesF16x1(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), AX
+	MOVQ v+8(FP), CX
+	MOVQ a+16(FP), DX
+	MOVQ ld+24(FP), BX
+	MOVQ hd+32(FP), SI
+	MOVQ rows+40(FP), DI
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), BX
+	MOVQ SI, BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), BX
+	MOVQ SI, BX
+	SHLQ $0x01, BX
+
+attnValuesF16x1_chunk:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	MOVQ    DI, R8
+	MOVQ    CX, R9
+	MOVQ    DX, R10
+
+attnValuesF16x1_slots:
+	VCVTPH2PS    (R9), Y2
+	VCVTPH2PS    16(R9), Y3
+	VBROADCASTSS (R10), Y4
+	VFMADD231PS  Y2, Y4, Y0
+	VFMADD231PS  Y3, Y4, Y1
+	ADDQ         BX, R9
+	ADDQ         $0x04, R10
+	DECQ         R8
+	JNZ          attnValuesF16x1_slots
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	ADDQ         $0x40, AX
+	ADDQ         $0x20, CX
+	SUBQ         $0x10, SI
+	JNZ          attnValuesF16x1_chunk
+	VZEROUPPER
+	RET
+
+// func attnScoresF16x4(dst *float32, ld int, k *uint16, q *float32, hd int)
+// Requires: AVX, F16C, FMA3
+TEXT ·attnScoresF16x4(SB), NOSPLIT, $0-40
+	MOVQ   dst+0(FP), AX
+	MOVQ   ld+8(FP), CX
+	MOVQ   k+16(FP), DX
+	MOVQ   q+24(FP), BX
+	MOVQ   hd+32(FP), SI
+	MOVQ   SI, DI
+	SHLQ   $0x02, DI
+	LEAQ   (DI)(DI*2), R8
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+
+attnScoresF16x4_loop:
+	VCVTPH2PS    (DX), Y8
+	VCVTPH2PS    16(DX), Y9
+	VBROADCASTSS (BX), Y10
+	VFMADD231PS  Y8, Y10, Y0
+	VFMADD231PS  Y9, Y10, Y1
+	VBROADCASTSS (BX)(DI*1), Y10
+	VFMADD231PS  Y8, Y10, Y2
+	VFMADD231PS  Y9, Y10, Y3
+	VBROADCASTSS (BX)(DI*2), Y10
+	VFMADD231PS  Y8, Y10, Y4
+	VFMADD231PS  Y9, Y10, Y5
+	VBROADCASTSS (BX)(R8*1), Y10
+	VFMADD231PS  Y8, Y10, Y6
+	VFMADD231PS  Y9, Y10, Y7
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	DECQ         SI
+	JNZ          attnScoresF16x4_loop
+	SHLQ         $0x02, CX
+	LEAQ         (CX)(CX*2), DX
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VMOVUPS      Y2, (AX)(CX*1)
+	VMOVUPS      Y3, 32(AX)(CX*1)
+	VMOVUPS      Y4, (AX)(CX*2)
+	VMOVUPS      Y5, 32(AX)(CX*2)
+	VMOVUPS      Y6, (AX)(DX*1)
+	VMOVUPS      Y7, 32(AX)(DX*1)
+	VZEROUPPER
+	RET
+
+// func attnValuesF16x4(out *float32, v *uint16, a *float32, ld int, hd int, rows int)
+// Requires: AVX, F16C, FMA3
+TEXT ·attnValuesF16x4(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), AX
+	MOVQ v+8(FP), CX
+	MOVQ a+16(FP), DX
+	MOVQ ld+24(FP), BX
+	MOVQ hd+32(FP), SI
+	MOVQ rows+40(FP), DI
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), R8
+	MOVQ SI, R9
+	SHLQ $0x02, R9
+	LEAQ (R9)(R9*2), R10
+	MOVQ SI, R11
+	SHLQ $0x01, R11
+
+attnValuesF16x4_chunk:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VMOVUPS (AX)(R9*1), Y2
+	VMOVUPS 32(AX)(R9*1), Y3
+	VMOVUPS (AX)(R9*2), Y4
+	VMOVUPS 32(AX)(R9*2), Y5
+	VMOVUPS (AX)(R10*1), Y6
+	VMOVUPS 32(AX)(R10*1), Y7
+	MOVQ    DI, R12
+	MOVQ    CX, R13
+	MOVQ    DX, R14
+
+attnValuesF16x4_slots:
+	VCVTPH2PS    (R13), Y8
+	VCVTPH2PS    16(R13), Y9
+	VBROADCASTSS (R14), Y10
+	VFMADD231PS  Y8, Y10, Y0
+	VFMADD231PS  Y9, Y10, Y1
+	VBROADCASTSS (R14)(BX*1), Y10
+	VFMADD231PS  Y8, Y10, Y2
+	VFMADD231PS  Y9, Y10, Y3
+	VBROADCASTSS (R14)(BX*2), Y10
+	VFMADD231PS  Y8, Y10, Y4
+	VFMADD231PS  Y9, Y10, Y5
+	VBROADCASTSS (R14)(R8*1), Y10
+	VFMADD231PS  Y8, Y10, Y6
+	VFMADD231PS  Y9, Y10, Y7
+	ADDQ         R11, R13
+	ADDQ         $0x04, R14
+	DECQ         R12
+	JNZ          attnValuesF16x4_slots
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VMOVUPS      Y2, (AX)(R9*1)
+	VMOVUPS      Y3, 32(AX)(R9*1)
+	VMOVUPS      Y4, (AX)(R9*2)
+	VMOVUPS      Y5, 32(AX)(R9*2)
+	VMOVUPS      Y6, (AX)(R10*1)
+	VMOVUPS      Y7, 32(AX)(R10*1)
+	ADDQ         $0x40, AX
+	ADDQ         $0x20, CX
+	SUBQ         $0x10, SI
+	JNZ          attnValuesF16x4_chunk
+	VZEROUPPER
+	RET

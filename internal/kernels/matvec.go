@@ -32,6 +32,9 @@ type impl struct {
 	// Optional tile kernels (several rows × several vectors per pass),
 	// which MatVec and MatMul then use instead of the row kernels.
 	q8_0T, q4_0T *tileSet
+
+	// Optional attention kernels (attn.go); nil runs the portable loops.
+	attn *attnSet
 }
 
 var genericImpl = &impl{

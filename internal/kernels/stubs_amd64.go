@@ -300,3 +300,55 @@ func expAVX2(x *float32, n int) int
 //
 //go:noescape
 func swigluAVX2(h *float32, u *float32, n int) int
+
+// attnScoresF32x1 sets dst[h·ld+s] = Σ_d q[h·hd+d]·k[d·16+s] for the 16 slots s
+// of one block's keys (stored [hd][16]) and 1 query heads h; hd ≥ 1.
+//
+//go:noescape
+func attnScoresF32x1(dst *float32, ld int, k *float32, q *float32, hd int)
+
+// attnValuesF32x1 adds Σ_s a[h·ld+s]·v[s·hd+d] over the slots s < rows ≥ 1 of one
+// block's values (stored [16][hd]) to out[h·hd+d] for 1 query heads h;
+// hd is a multiple of 16.
+//
+//go:noescape
+func attnValuesF32x1(out *float32, v *float32, a *float32, ld int, hd int, rows int)
+
+// attnScoresF32x4 sets dst[h·ld+s] = Σ_d q[h·hd+d]·k[d·16+s] for the 16 slots s
+// of one block's keys (stored [hd][16]) and 4 query heads h; hd ≥ 1.
+//
+//go:noescape
+func attnScoresF32x4(dst *float32, ld int, k *float32, q *float32, hd int)
+
+// attnValuesF32x4 adds Σ_s a[h·ld+s]·v[s·hd+d] over the slots s < rows ≥ 1 of one
+// block's values (stored [16][hd]) to out[h·hd+d] for 4 query heads h;
+// hd is a multiple of 16.
+//
+//go:noescape
+func attnValuesF32x4(out *float32, v *float32, a *float32, ld int, hd int, rows int)
+
+// attnScoresF16x1 sets dst[h·ld+s] = Σ_d q[h·hd+d]·k[d·16+s] for the 16 slots s
+// of one block's keys (stored [hd][16]) and 1 query heads h; hd ≥ 1.
+//
+//go:noescape
+func attnScoresF16x1(dst *float32, ld int, k *uint16, q *float32, hd int)
+
+// attnValuesF16x1 adds Σ_s a[h·ld+s]·v[s·hd+d] over the slots s < rows ≥ 1 of one
+// block's values (stored [16][hd]) to out[h·hd+d] for 1 query heads h;
+// hd is a multiple of 16.
+//
+//go:noescape
+func attnValuesF16x1(out *float32, v *uint16, a *float32, ld int, hd int, rows int)
+
+// attnScoresF16x4 sets dst[h·ld+s] = Σ_d q[h·hd+d]·k[d·16+s] for the 16 slots s
+// of one block's keys (stored [hd][16]) and 4 query heads h; hd ≥ 1.
+//
+//go:noescape
+func attnScoresF16x4(dst *float32, ld int, k *uint16, q *float32, hd int)
+
+// attnValuesF16x4 adds Σ_s a[h·ld+s]·v[s·hd+d] over the slots s < rows ≥ 1 of one
+// block's values (stored [16][hd]) to out[h·hd+d] for 4 query heads h;
+// hd is a multiple of 16.
+//
+//go:noescape
+func attnValuesF16x4(out *float32, v *uint16, a *float32, ld int, hd int, rows int)

@@ -38,6 +38,7 @@ func main() {
 	quantQ8()
 	readSum()
 	expKernels()
+	attnKernels()
 	Generate()
 }
 

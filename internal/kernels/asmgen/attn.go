@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// The attention kernels read one KV-cache block of one KV head in place,
+// for nh query heads at a time (1 or 4), in float32 or half floats (elem
+// bytes 4 or 2). A block holds 16 positions (slots):
+//   - the keys transposed, [hd][16]: the scores of 16 slots are two ymm
+//     registers per head, summed over d with one broadcast of q[d] each, so
+//     no horizontal sums;
+//   - the values as they come, [slot][hd]: the output is summed 16
+//     dimensions (two registers per head) at a time over the slots, with
+//     one broadcast of the slot's weight each.
+//
+// Each head's scores and outputs are computed by the same operations in
+// the same order whatever nh is, so a head's result does not depend on
+// how the heads are chunked.
+
+// attnLoad loads 8 numbers at m into y as float32.
+func attnLoad(elem int, m Mem, y VecVirtual) {
+	if elem == 2 {
+		VCVTPH2PS(m, y)
+		return
+	}
+	VMOVUPS(m, y)
+}
+
+func attnType(elem int) (string, string) {
+	if elem == 2 {
+		return "F16", "uint16"
+	}
+	return "F32", "float32"
+}
+
+// attnScores emits attnScores<T>x<nh>: dst[h·ld + s] = Σ_d q[h·hd + d]·k[d·16 + s]
+// for s < 16, h < nh.
+func attnScores(elem, nh int) {
+	t, ct := attnType(elem)
+	name := fmt.Sprintf("attnScores%sx%d", t, nh)
+	TEXT(name, NOSPLIT, "func(dst *float32, ld int, k *"+ct+", q *float32, hd int)")
+	Pragma("noescape")
+	Doc(name+" sets dst[h·ld+s] = Σ_d q[h·hd+d]·k[d·16+s] for the 16 slots s",
+		fmt.Sprintf("of one block's keys (stored [hd][16]) and %d query heads h; hd ≥ 1.", nh))
+	dst, ld, k, q, hd := GP64(), GP64(), GP64(), GP64(), GP64()
+	Load(Param("dst"), dst)
+	Load(Param("ld"), ld)
+	Load(Param("k"), k)
+	Load(Param("q"), q)
+	Load(Param("hd"), hd)
+	// q of head h, dimension d, is at q + 4·(h·hd + d): qs = 4·hd.
+	qs, qs3 := GP64(), GP64()
+	times(hd, 4, qs)
+	LEAQ(Mem{Base: qs, Index: qs, Scale: 2}, qs3)
+	acc := make([][2]VecVirtual, nh)
+	for h := range acc {
+		for i := range 2 {
+			acc[h][i] = YMM()
+			VXORPS(acc[h][i], acc[h][i], acc[h][i])
+		}
+	}
+	loop := name + "_loop"
+	Label(loop)
+	kv := [2]VecVirtual{YMM(), YMM()}
+	for i := range 2 {
+		attnLoad(elem, Mem{Base: k, Disp: 8 * elem * i}, kv[i])
+	}
+	for h := range nh {
+		qb := YMM()
+		VBROADCASTSS(at(q, qs, qs3, h, 0), qb)
+		for i := range 2 {
+			VFMADD231PS(kv[i], qb, acc[h][i])
+		}
+	}
+	ADDQ(U8(16*elem), k)
+	ADDQ(U8(4), q)
+	DECQ(hd)
+	JNZ(LabelRef(loop))
+	// dst of head h at dst + 4·h·ld.
+	lds, lds3 := GP64(), GP64()
+	times(ld, 4, lds)
+	LEAQ(Mem{Base: lds, Index: lds, Scale: 2}, lds3)
+	for h := range nh {
+		for i := range 2 {
+			VMOVUPS(acc[h][i], at(dst, lds, lds3, h, 32*i))
+		}
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// attnValues emits attnValues<T>x<nh>: out[h·hd + d] += Σ_{s<rows} a[h·ld + s]·v[s·hd + d]
+// for d < hd (a multiple of 16), h < nh.
+func attnValues(elem, nh int) {
+	t, ct := attnType(elem)
+	name := fmt.Sprintf("attnValues%sx%d", t, nh)
+	TEXT(name, NOSPLIT, "func(out *float32, v *"+ct+", a *float32, ld int, hd int, rows int)")
+	Pragma("noescape")
+	Doc(name+" adds Σ_s a[h·ld+s]·v[s·hd+d] over the slots s < rows ≥ 1 of one",
+		fmt.Sprintf("block's values (stored [16][hd]) to out[h·hd+d] for %d query heads h;", nh),
+		"hd is a multiple of 16.")
+	out, v, a, ld, hd, rows := GP64(), GP64(), GP64(), GP64(), GP64(), GP64()
+	Load(Param("out"), out)
+	Load(Param("v"), v)
+	Load(Param("a"), a)
+	Load(Param("ld"), ld)
+	Load(Param("hd"), hd)
+	Load(Param("rows"), rows)
+	// a of head h, slot s, at a + 4·(h·ld + s); out of head h at out + 4·h·hd;
+	// slot s's values at v + elem·s·hd.
+	lds, lds3, os, os3, vs := GP64(), GP64(), GP64(), GP64(), GP64()
+	times(ld, 4, lds)
+	LEAQ(Mem{Base: lds, Index: lds, Scale: 2}, lds3)
+	times(hd, 4, os)
+	LEAQ(Mem{Base: os, Index: os, Scale: 2}, os3)
+	times(hd, elem, vs)
+	chunk, slots := name+"_chunk", name+"_slots"
+	Label(chunk)
+	acc := make([][2]VecVirtual, nh)
+	for h := range acc {
+		for i := range 2 {
+			acc[h][i] = YMM()
+			VMOVUPS(at(out, os, os3, h, 32*i), acc[h][i])
+		}
+	}
+	s, vp, ap := GP64(), GP64(), GP64()
+	MOVQ(rows, s)
+	MOVQ(v, vp)
+	MOVQ(a, ap)
+	Label(slots)
+	vv := [2]VecVirtual{YMM(), YMM()}
+	for i := range 2 {
+		attnLoad(elem, Mem{Base: vp, Disp: 8 * elem * i}, vv[i])
+	}
+	for h := range nh {
+		ab := YMM()
+		VBROADCASTSS(at(ap, lds, lds3, h, 0), ab)
+		for i := range 2 {
+			VFMADD231PS(vv[i], ab, acc[h][i])
+		}
+	}
+	ADDQ(vs, vp)
+	ADDQ(U8(4), ap)
+	DECQ(s)
+	JNZ(LabelRef(slots))
+	for h := range nh {
+		for i := range 2 {
+			VMOVUPS(acc[h][i], at(out, os, os3, h, 32*i))
+		}
+	}
+	// The next 16 dimensions.
+	ADDQ(U8(64), out)
+	ADDQ(U8(16*elem), v)
+	SUBQ(U8(16), hd)
+	JNZ(LabelRef(chunk))
+	VZEROUPPER()
+	RET()
+}
+
+func attnKernels() {
+	for _, elem := range []int{4, 2} {
+		for _, nh := range []int{1, 4} {
+			attnScores(elem, nh)
+			attnValues(elem, nh)
+		}
+	}
+}
+
+// times sets dst = r·k for k = 2 or 4.
+func times(r GPVirtual, k int, dst GPVirtual) {
+	MOVQ(r, dst)
+	if k == 4 {
+		SHLQ(U8(2), dst)
+		return
+	}
+	SHLQ(U8(1), dst)
+}

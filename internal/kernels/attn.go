@@ -1,0 +1,187 @@
+package kernels
+
+import "fmt"
+
+// The attention kernels read one block of a paged KV cache in place, for
+// one KV head and the group of query heads that share it. A block of bs
+// positions (slots) stores a KV head's
+//   - keys transposed, hd rows of bs slots (k[d·bs+s]), so that a query's
+//     scores for all the slots are summed a dimension at a time with no
+//     horizontal sums;
+//   - values as they come, bs rows of hd (v[s·hd+d]), so that the output
+//     is summed a slot at a time, the same way.
+//
+// On amd64 the blocks of 16 slots (the engine's default) and head
+// dimensions that are multiples of 16 run in assembly, four query heads
+// at a time; other shapes, and other platforms, run the portable loops. A
+// head's result is computed by the same operations whatever the group,
+// so it does not depend on the other heads.
+
+// attnSet is a platform's attention kernels for blocks of 16 slots; x4
+// takes four query heads, x1 one.
+type attnSet struct {
+	scoresF32x1, scoresF32x4 func(dst *float32, ld int, k *float32, q *float32, hd int)
+	scoresF16x1, scoresF16x4 func(dst *float32, ld int, k *uint16, q *float32, hd int)
+	valuesF32x1, valuesF32x4 func(out *float32, v *float32, a *float32, ld int, hd int, rows int)
+	valuesF16x1, valuesF16x4 func(out *float32, v *uint16, a *float32, ld int, hd int, rows int)
+}
+
+// attnBlock is the block size the assembly kernels take.
+const attnBlock = 16
+
+// AttnScoresF32 sets dst[h·ld+s] = Σ_d q[h·hd+d]·k[d·bs+s] for every slot
+// s < bs and query head h < group: the scores of a group of query heads
+// (q, group×hd) against one block's keys of their KV head, stored
+// transposed (k, hd×bs). ld ≥ bs is the distance between two heads' rows
+// of dst. It panics if a slice is too short for the sizes.
+func AttnScoresF32(dst []float32, ld int, k, q []float32, group, hd, bs int) {
+	checkScores("AttnScoresF32", len(dst), ld, len(k), len(q), group, hd, bs)
+	if group == 0 || hd == 0 {
+		return
+	}
+	if a := active.Load().attn; a != nil && bs == attnBlock {
+		h := 0
+		for ; h+4 <= group; h += 4 {
+			a.scoresF32x4(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
+		}
+		for ; h < group; h++ {
+			a.scoresF32x1(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
+		}
+		return
+	}
+	scoresGeneric(dst, ld, q, group, hd, bs, func(d int, row []float32) { copy(row, k[d*bs:(d+1)*bs]) })
+}
+
+// AttnScoresF16 is AttnScoresF32 for keys stored as IEEE half floats.
+func AttnScoresF16(dst []float32, ld int, k []uint16, q []float32, group, hd, bs int) {
+	checkScores("AttnScoresF16", len(dst), ld, len(k), len(q), group, hd, bs)
+	if group == 0 || hd == 0 {
+		return
+	}
+	if a := active.Load().attn; a != nil && bs == attnBlock {
+		h := 0
+		for ; h+4 <= group; h += 4 {
+			a.scoresF16x4(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
+		}
+		for ; h < group; h++ {
+			a.scoresF16x1(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
+		}
+		return
+	}
+	scoresGeneric(dst, ld, q, group, hd, bs, func(d int, row []float32) {
+		for s, x := range k[d*bs : (d+1)*bs] {
+			row[s] = F16ToF32(x)
+		}
+	})
+}
+
+// AttnValuesF32 adds Σ_s a[h·ld+s]·v[s·hd+d], over the slots s < rows, to
+// out[h·hd+d] for every dimension d < hd and query head h < group: one
+// block's values of a KV head (v, bs×hd as they come; rows ≤ bs of them
+// used) weighted by each head's attention (a, a row of ld per head). It
+// panics if a slice is too short for the sizes.
+func AttnValuesF32(out, v, a []float32, ld, group, hd, rows int) {
+	checkValues("AttnValuesF32", len(out), len(v), len(a), ld, group, hd, rows)
+	if group == 0 || hd == 0 || rows == 0 {
+		return
+	}
+	if as := active.Load().attn; as != nil && hd%16 == 0 {
+		h := 0
+		for ; h+4 <= group; h += 4 {
+			as.valuesF32x4(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
+		}
+		for ; h < group; h++ {
+			as.valuesF32x1(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
+		}
+		return
+	}
+	valuesGeneric(out, a, ld, group, hd, rows, func(s int, row []float32) { copy(row, v[s*hd:(s+1)*hd]) })
+}
+
+// AttnValuesF16 is AttnValuesF32 for values stored as IEEE half floats.
+func AttnValuesF16(out []float32, v []uint16, a []float32, ld, group, hd, rows int) {
+	checkValues("AttnValuesF16", len(out), len(v), len(a), ld, group, hd, rows)
+	if group == 0 || hd == 0 || rows == 0 {
+		return
+	}
+	if as := active.Load().attn; as != nil && hd%16 == 0 {
+		h := 0
+		for ; h+4 <= group; h += 4 {
+			as.valuesF16x4(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
+		}
+		for ; h < group; h++ {
+			as.valuesF16x1(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
+		}
+		return
+	}
+	valuesGeneric(out, a, ld, group, hd, rows, func(s int, row []float32) {
+		for d, x := range v[s*hd : (s+1)*hd] {
+			row[d] = F16ToF32(x)
+		}
+	})
+}
+
+func checkScores(fn string, ndst, ld, nk, nq, group, hd, bs int) {
+	switch {
+	case group < 0 || hd < 0 || bs < 0 || ld < bs:
+		panic(fmt.Sprintf("kernels.%s: bad sizes group=%d hd=%d bs=%d ld=%d", fn, group, hd, bs, ld))
+	case group == 0 || hd == 0:
+	case nk < hd*bs || nq < group*hd || ndst < (group-1)*ld+bs:
+		panic(fmt.Sprintf("kernels.%s: %d keys, %d queries, %d scores: too few for group=%d hd=%d bs=%d ld=%d",
+			fn, nk, nq, ndst, group, hd, bs, ld))
+	}
+}
+
+func checkValues(fn string, nout, nv, na, ld, group, hd, rows int) {
+	switch {
+	case group < 0 || hd < 0 || rows < 0 || ld < rows:
+		panic(fmt.Sprintf("kernels.%s: bad sizes group=%d hd=%d rows=%d ld=%d", fn, group, hd, rows, ld))
+	case group == 0 || hd == 0 || rows == 0:
+	case nv < rows*hd || na < (group-1)*ld+rows || nout < group*hd:
+		panic(fmt.Sprintf("kernels.%s: %d values, %d weights, %d outputs: too few for group=%d hd=%d rows=%d ld=%d",
+			fn, nv, na, nout, group, hd, rows, ld))
+	}
+}
+
+// scoresGeneric is the portable AttnScores: keyRow(d, row) fills row (bs
+// numbers) with dimension d of every slot.
+func scoresGeneric(dst []float32, ld int, q []float32, group, hd, bs int, keyRow func(d int, row []float32)) {
+	var buf [64]float32
+	row := buf[:]
+	if bs > len(buf) {
+		row = make([]float32, bs)
+	}
+	row = row[:bs]
+	for h := range group {
+		clear(dst[h*ld : h*ld+bs])
+	}
+	for d := range hd {
+		keyRow(d, row)
+		for h := range group {
+			qd, o := q[h*hd+d], dst[h*ld:h*ld+bs]
+			for s, x := range row {
+				o[s] += qd * x
+			}
+		}
+	}
+}
+
+// valuesGeneric is the portable AttnValues: valueRow(s, row) fills row (hd
+// numbers) with slot s's values.
+func valuesGeneric(out, a []float32, ld, group, hd, rows int, valueRow func(s int, row []float32)) {
+	var buf [256]float32
+	row := buf[:]
+	if hd > len(buf) {
+		row = make([]float32, hd)
+	}
+	row = row[:hd]
+	for s := range rows {
+		valueRow(s, row)
+		for h := range group {
+			w, o := a[h*ld+s], out[h*hd:(h+1)*hd]
+			for d, x := range row {
+				o[d] += w * x
+			}
+		}
+	}
+}
