@@ -120,6 +120,7 @@ type batch struct {
 	hb, hb2        []float32 // n × hidden
 	xl             []float32 // len(logitRows) × dim
 	cos, sin       []float32 // n × rotDim/2
+	kvh            []uint16  // n × 2·kvDim: a row's key and value as half floats
 	scratch        [][]float32
 }
 
@@ -140,9 +141,9 @@ func (b *batch) add(token int32, pos int, kv *kvcache.Seq, wantLogits bool) {
 	b.n++
 }
 
-func grow(s []float32, n int) []float32 {
+func grow[T float32 | uint16](s []T, n int) []T {
 	if cap(s) < n {
-		return make([]float32, n, n+n/4)
+		return make([]T, n, n+n/4)
 	}
 	return s[:n]
 }
@@ -165,6 +166,9 @@ func (m *Model) forward(b *batch) {
 	b.q, b.k, b.v = grow(b.q, n*qDim), grow(b.k, n*kvDim), grow(b.v, n*kvDim)
 	b.hb, b.hb2 = grow(b.hb, n*hp.Hidden), grow(b.hb2, n*hp.Hidden)
 	b.cos, b.sin = grow(b.cos, n*half), grow(b.sin, n*half)
+	if m.kvHalf {
+		b.kvh = grow(b.kvh, n*2*kvDim)
+	}
 	// A later pipeline stage gets b.x from the stage before it.
 	if m.stage.Lo == 0 {
 		for i := range n {
@@ -207,9 +211,12 @@ func (m *Model) forward(b *batch) {
 			blk := b.kv[i].Block(p / bs)
 			slot := p % bs
 			if m.kvHalf {
-				storeKV(blk.KHalf(li), blk.VHalf(li), k, v, hd, bs, slot, kernels.F32ToF16)
+				kh, vh := b.kvh[2*i*kvDim:(2*i+1)*kvDim], b.kvh[(2*i+1)*kvDim:(2*i+2)*kvDim]
+				kernels.ToF16(kh, k)
+				kernels.ToF16(vh, v)
+				storeKV(blk.KHalf(li), blk.VHalf(li), kh, vh, hd, bs, slot)
 			} else {
-				storeKV(blk.K(li), blk.V(li), k, v, hd, bs, slot, func(x float32) float32 { return x })
+				storeKV(blk.K(li), blk.V(li), k, v, hd, bs, slot)
 			}
 		})
 		m.attention(b, li)
@@ -352,20 +359,18 @@ func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 	}
 }
 
-// storeKV writes one position's keys k and values v (kvDim each) into a
-// block's layer, as attendGroup reads them: per KV head (hd numbers), the
-// keys transposed, [hd][slot], and the values as they come, [slot][hd].
-// conv gives the stored number (float32 itself, or its half float).
-func storeKV[T float32 | uint16](bk, bv []T, k, v []float32, hd, bs, slot int, conv func(float32) T) {
+// storeKV writes one position's keys k and values v (kvDim each, already
+// in the cache's number type) into a block's layer, as attendGroup reads
+// them: per KV head (hd numbers), the keys transposed, [hd][slot], and the
+// values as they come, [slot][hd].
+func storeKV[T float32 | uint16](bk, bv, k, v []T, hd, bs, slot int) {
 	for g := 0; g < len(k); g += hd {
 		off := g * bs
+		dk := bk[off+slot : off+hd*bs]
 		for d, x := range k[g : g+hd] {
-			bk[off+d*bs+slot] = conv(x)
+			dk[d*bs] = x
 		}
-		dv := bv[off+slot*hd : off+(slot+1)*hd]
-		for d, x := range v[g : g+hd] {
-			dv[d] = conv(x)
-		}
+		copy(bv[off+slot*hd:off+(slot+1)*hd], v[g:g+hd])
 	}
 }
 

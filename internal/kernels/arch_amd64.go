@@ -43,6 +43,7 @@ func asmImpl() *impl {
 		valuesF32x1: attnValuesF32x1, valuesF32x4: attnValuesF32x4,
 		valuesF16x1: attnValuesF16x1, valuesF16x4: attnValuesF16x4,
 	}
+	a.toHalf = toHalfF16C
 	if hasVNNI() {
 		a.q4_0T, a.q8_0T = tilesQ4_0VNNI, tilesQ8_0VNNI
 	}

@@ -68,9 +68,10 @@ func AttnScoresF16(dst []float32, ld int, k []uint16, q []float32, group, hd, bs
 		}
 		return
 	}
+	t := f16Table()
 	scoresGeneric(dst, ld, q, group, hd, bs, func(d int, row []float32) {
 		for s, x := range k[d*bs : (d+1)*bs] {
-			row[s] = F16ToF32(x)
+			row[s] = t[x]
 		}
 	})
 }
@@ -114,9 +115,10 @@ func AttnValuesF16(out []float32, v []uint16, a []float32, ld, group, hd, rows i
 		}
 		return
 	}
+	t := f16Table()
 	valuesGeneric(out, a, ld, group, hd, rows, func(s int, row []float32) {
 		for d, x := range v[s*hd : (s+1)*hd] {
-			row[d] = F16ToF32(x)
+			row[d] = t[x]
 		}
 	})
 }

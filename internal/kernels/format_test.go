@@ -62,6 +62,43 @@ func TestF16Exhaustive(t *testing.T) {
 	}
 }
 
+// TestToF16 checks the slice conversion against F32ToF16 on every kernel
+// set: floats with every exponent (so halves' normals, subnormals, zero
+// and overflow) and random mantissas, at lengths on and off the assembly's
+// eight; a NaN must stay a NaN.
+func TestToF16(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	src := make([]float32, 0, 1<<17)
+	for e := range uint32(256) {
+		for range 256 {
+			src = append(src, math.Float32frombits(r.Uint32()&0x807fffff|e<<23))
+		}
+	}
+	src = append(src, 0.5+0x1p-12, 1+0x1p-11, 65504, 65520, 0x1p-25, 0x1.8p-25) // ties and bounds
+	forEachImpl(t, func(t *testing.T) {
+		for _, n := range []int{len(src), 7, 8, 13} {
+			dst := make([]uint16, n+1)
+			dst[n] = 0xabcd
+			ToF16(dst, src[:n])
+			for i, f := range src[:n] {
+				want := F32ToF16(f)
+				if f != f {
+					if h := F16ToF32(dst[i]); h == h {
+						t.Fatalf("ToF16(NaN %#08x) = %#04x, not a NaN", math.Float32bits(f), dst[i])
+					}
+					continue
+				}
+				if dst[i] != want {
+					t.Fatalf("ToF16(%g = %#08x) = %#04x, want %#04x", f, math.Float32bits(f), dst[i], want)
+				}
+			}
+			if dst[n] != 0xabcd {
+				t.Fatalf("n=%d: wrote past the end", n)
+			}
+		}
+	})
+}
+
 // packScalesK4 builds the 12 scale bytes of a q4_K/q5_K block from the
 // layout ggml-common.h describes: bytes 0-3 hold scales 0-3 in their low
 // 6 bits, bytes 4-7 mins 0-3; scales and mins 4-7 keep their low nibbles

@@ -66,6 +66,23 @@ func F32ToF16(f float32) uint16 {
 	return sign | uint16(h)
 }
 
+// ToF16 sets dst[i] = F32ToF16(src[i]) for every i < len(src) (with F16C
+// on amd64, which rounds alike; only a NaN's payload may differ). It
+// panics if dst is shorter than src.
+func ToF16(dst []uint16, src []float32) {
+	dst = dst[:len(src)]
+	i := 0
+	if n := len(src) &^ 7; n > 0 {
+		if f := active.Load().toHalf; f != nil {
+			f(&dst[0], &src[0], n)
+			i = n
+		}
+	}
+	for ; i < len(src); i++ {
+		dst[i] = F32ToF16(src[i])
+	}
+}
+
 // BF16ToF32 converts a bfloat16 value to float32 exactly.
 func BF16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 

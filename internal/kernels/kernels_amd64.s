@@ -6527,3 +6527,20 @@ attnValuesF16x4_slots:
 	JNZ          attnValuesF16x4_chunk
 	VZEROUPPER
 	RET
+
+// func toHalfF16C(dst *uint16, src *float32, n int)
+// Requires: AVX, F16C
+TEXT ·toHalfF16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+tohalf:
+	VMOVUPS   (CX), Y0
+	VCVTPS2PH $0x00, Y0, (AX)
+	ADDQ      $0x20, CX
+	ADDQ      $0x10, AX
+	SUBQ      $0x08, DX
+	JNZ       tohalf
+	VZEROUPPER
+	RET

@@ -35,6 +35,8 @@ type impl struct {
 
 	// Optional attention kernels (attn.go); nil runs the portable loops.
 	attn *attnSet
+	// Optional: n (a multiple of 8) floats to half floats, as F32ToF16.
+	toHalf func(dst *uint16, src *float32, n int)
 }
 
 var genericImpl = &impl{

@@ -352,3 +352,8 @@ func attnScoresF16x4(dst *float32, ld int, k *uint16, q *float32, hd int)
 //
 //go:noescape
 func attnValuesF16x4(out *float32, v *uint16, a *float32, ld int, hd int, rows int)
+
+// toHalfF16C converts n (a multiple of 8, ≥ 8) float32 at src to half floats at dst.
+//
+//go:noescape
+func toHalfF16C(dst *uint16, src *float32, n int)

@@ -180,3 +180,26 @@ func times(r GPVirtual, k int, dst GPVirtual) {
 	}
 	SHLQ(U8(1), dst)
 }
+
+// toHalf emits toHalfF16C: dst[i] = the half float of src[i] for i < n, a
+// multiple of 8, rounded to nearest even (F16C's VCVTPS2PH, mode 0), as
+// F32ToF16 rounds.
+func toHalf() {
+	TEXT("toHalfF16C", NOSPLIT, "func(dst *uint16, src *float32, n int)")
+	Pragma("noescape")
+	Doc("toHalfF16C converts n (a multiple of 8, ≥ 8) float32 at src to half floats at dst.")
+	dst, src, n := GP64(), GP64(), GP64()
+	Load(Param("dst"), dst)
+	Load(Param("src"), src)
+	Load(Param("n"), n)
+	Label("tohalf")
+	y := YMM()
+	VMOVUPS(Mem{Base: src}, y)
+	VCVTPS2PH(U8(0), y, Mem{Base: dst})
+	ADDQ(U8(32), src)
+	ADDQ(U8(16), dst)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef("tohalf"))
+	VZEROUPPER()
+	RET()
+}

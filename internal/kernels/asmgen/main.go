@@ -39,6 +39,7 @@ func main() {
 	readSum()
 	expKernels()
 	attnKernels()
+	toHalf()
 	Generate()
 }
 
