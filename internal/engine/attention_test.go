@@ -78,7 +78,7 @@ func attendHeadReference(m *Model, b *batch, li, i, h int, att, out []float32) {
 		}
 		att[t] = dot * scale
 	}
-	softmax(att)
+	kernels.Softmax(att, 1)
 	out = out[:hd]
 	clear(out)
 	for t0 := 0; t0 <= p; t0 += bs {

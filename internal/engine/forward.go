@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-	"unsafe"
 
 	"github.com/npumesh/npumesh/internal/engine/arch"
 	"github.com/npumesh/npumesh/internal/gguf"
@@ -345,7 +344,7 @@ func (m *Model) attendGroup(b *batch, li, i, g int, scratch []float32) {
 		}
 	}
 	for h := range group {
-		scaledSoftmax(att[h*ld:h*ld+n], scale)
+		kernels.Softmax(att[h*ld:h*ld+n], scale)
 	}
 	out := b.ao[i*qDim+g*group*hd : i*qDim+(g+1)*group*hd]
 	clear(out)
@@ -428,56 +427,6 @@ func rmsNorm(out, x, w []float32, eps float32) {
 	}
 }
 
-// softmax normalizes x in place, subtracting the maximum for stability.
-func softmax(x []float32) { scaledSoftmax(x, 1) }
-
-// scaledSoftmax sets x to softmax(scale·x), scale > 0.
-func scaledSoftmax(x []float32, scale float32) {
-	// The maximum in four running maxima: max's NaN and ±0 handling
-	// costs branches in the loop, and the order does not change it.
-	m0, m1, m2, m3 := x[0], x[0], x[0], x[0]
-	i := 0
-	for ; i+4 <= len(x); i += 4 {
-		x4 := x[i : i+4 : i+4]
-		if x4[0] > m0 {
-			m0 = x4[0]
-		}
-		if x4[1] > m1 {
-			m1 = x4[1]
-		}
-		if x4[2] > m2 {
-			m2 = x4[2]
-		}
-		if x4[3] > m3 {
-			m3 = x4[3]
-		}
-	}
-	for ; i < len(x); i++ {
-		m0 = max(m0, x[i])
-	}
-	mx := max(m0, m1, m2, m3)
-	for i, v := range x {
-		x[i] = (v - mx) * scale
-	}
-	expInPlace(x)
-	var s0, s1, s2, s3 float32
-	i = 0
-	for ; i+4 <= len(x); i += 4 {
-		x4 := x[i : i+4 : i+4]
-		s0 += x4[0]
-		s1 += x4[1]
-		s2 += x4[2]
-		s3 += x4[3]
-	}
-	for ; i < len(x); i++ {
-		s0 += x[i]
-	}
-	inv := 1 / ((s0 + s1) + (s2 + s3))
-	for i := range x {
-		x[i] *= inv
-	}
-}
-
 // add sets dst += src, element by element.
 func add(dst, src []float32) {
 	dst = dst[:len(src)]
@@ -531,15 +480,6 @@ func dotF32(w, x []float32) float32 {
 		s0 += w[i] * x[i]
 	}
 	return (s0 + s1) + (s2 + s3)
-}
-
-// f32Bytes views x as the little-endian bytes kernels takes for F32.
-func u16Bytes(x []uint16) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 2*len(x))
-}
-
-func f32Bytes(x []float32) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 4*len(x))
 }
 
 // swiglu sets h = silu(h)·u, silu(g) = g/(1+e^-g), element by element,

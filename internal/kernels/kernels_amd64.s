@@ -6544,3 +6544,67 @@ tohalf:
 	JNZ       tohalf
 	VZEROUPPER
 	RET
+
+// func maxF32AVX2(x *float32, n int) float32
+// Requires: AVX, SSE
+TEXT ·maxF32AVX2(SB), NOSPLIT, $0-20
+	MOVQ         x+0(FP), AX
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS (AX), Y0
+
+maxloop:
+	VMOVUPS      (AX), Y1
+	VMAXPS       Y0, Y1, Y0
+	ADDQ         $0x20, AX
+	SUBQ         $0x08, CX
+	JNZ          maxloop
+	VEXTRACTF128 $0x01, Y0, X1
+	VMAXPS       X0, X1, X0
+	VPERMILPS    $0x4e, X0, X1
+	VMAXPS       X0, X1, X0
+	VPERMILPS    $0xb1, X0, X1
+	VMAXPS       X0, X1, X0
+	MOVSS        X0, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func sumF32AVX2(x *float32, n int) float32
+// Requires: AVX, SSE
+TEXT ·sumF32AVX2(SB), NOSPLIT, $0-20
+	MOVQ   x+0(FP), AX
+	MOVQ   n+8(FP), CX
+	VXORPS Y0, Y0, Y0
+
+sumloop:
+	VADDPS       (AX), Y0, Y0
+	ADDQ         $0x20, AX
+	SUBQ         $0x08, CX
+	JNZ          sumloop
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VPERMILPS    $0x4e, X0, X1
+	VADDPS       X1, X0, X0
+	VPERMILPS    $0xb1, X0, X1
+	VADDPS       X1, X0, X0
+	MOVSS        X0, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func shiftScaleAVX2(x *float32, n int, sub float32, mul float32)
+// Requires: AVX
+TEXT ·shiftScaleAVX2(SB), NOSPLIT, $0-24
+	MOVQ         x+0(FP), AX
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS sub+16(FP), Y0
+	VBROADCASTSS mul+20(FP), Y1
+
+shiftloop:
+	VMOVUPS (AX), Y2
+	VSUBPS  Y0, Y2, Y2
+	VMULPS  Y1, Y2, Y2
+	VMOVUPS Y2, (AX)
+	ADDQ    $0x20, AX
+	SUBQ    $0x08, CX
+	JNZ     shiftloop
+	VZEROUPPER
+	RET

@@ -357,3 +357,18 @@ func attnValuesF16x4(out *float32, v *uint16, a *float32, ld int, hd int, rows i
 //
 //go:noescape
 func toHalfF16C(dst *uint16, src *float32, n int)
+
+// maxF32AVX2 returns the largest of x[:n] as softmax.go's maxGeneric does.
+//
+//go:noescape
+func maxF32AVX2(x *float32, n int) float32
+
+// sumF32AVX2 returns the sum of x[:n] in softmax.go's lanes8 order.
+//
+//go:noescape
+func sumF32AVX2(x *float32, n int) float32
+
+// shiftScaleAVX2 sets x[i] = (x[i]−sub)·mul for i < n.
+//
+//go:noescape
+func shiftScaleAVX2(x *float32, n int, sub float32, mul float32)

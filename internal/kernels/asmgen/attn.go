@@ -203,3 +203,84 @@ func toHalf() {
 	VZEROUPPER()
 	RET()
 }
+
+// The passes of Softmax (softmax.go) over n floats, n a multiple of 8 and
+// at least 8. Each does in eight lanes the float32 operations of its
+// portable twin, in the same order, so the results are the same bits.
+func softmaxKernels() {
+	// maxF32AVX2: the lanes start at x[0]; lane j takes max(x[8i+j], m)
+	// with VMAXPS's rule (a NaN x leaves m), then the lanes fold as
+	// lanes8.
+	TEXT("maxF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
+	Pragma("noescape")
+	Doc("maxF32AVX2 returns the largest of x[:n] as softmax.go's maxGeneric does.")
+	x, n := GP64(), GP64()
+	Load(Param("x"), x)
+	Load(Param("n"), n)
+	m := YMM()
+	VBROADCASTSS(Mem{Base: x}, m)
+	Label("maxloop")
+	v := YMM()
+	VMOVUPS(Mem{Base: x}, v)
+	VMAXPS(m, v, m) // m = v > m ? v : m, and m if either is NaN
+	ADDQ(U8(32), x)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef("maxloop"))
+	fold8(m, func(a, b Register) { VMAXPS(a, b, a) })
+	Store(m.AsX(), ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+
+	TEXT("sumF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
+	Pragma("noescape")
+	Doc("sumF32AVX2 returns the sum of x[:n] in softmax.go's lanes8 order.")
+	x, n = GP64(), GP64()
+	Load(Param("x"), x)
+	Load(Param("n"), n)
+	s := YMM()
+	VXORPS(s, s, s)
+	Label("sumloop")
+	VADDPS(Mem{Base: x}, s, s)
+	ADDQ(U8(32), x)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef("sumloop"))
+	fold8(s, func(a, b Register) { VADDPS(b, a, a) })
+	Store(s.AsX(), ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+
+	// shiftScaleAVX2: x[i] = (x[i] − sub)·mul.
+	TEXT("shiftScaleAVX2", NOSPLIT, "func(x *float32, n int, sub float32, mul float32)")
+	Pragma("noescape")
+	Doc("shiftScaleAVX2 sets x[i] = (x[i]−sub)·mul for i < n.")
+	x, n = GP64(), GP64()
+	Load(Param("x"), x)
+	Load(Param("n"), n)
+	sb, ml := YMM(), YMM()
+	VBROADCASTSS(NewParamAddr("sub", 16), sb)
+	VBROADCASTSS(NewParamAddr("mul", 20), ml)
+	Label("shiftloop")
+	v = YMM()
+	VMOVUPS(Mem{Base: x}, v)
+	VSUBPS(sb, v, v)
+	VMULPS(ml, v, v)
+	VMOVUPS(v, Mem{Base: x})
+	ADDQ(U8(32), x)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef("shiftloop"))
+	VZEROUPPER()
+	RET()
+}
+
+// fold8 folds the eight lanes of a into lane 0 as softmax.go's lanes8
+// does: lane j with lane j+4, then j with j+2, then 0 with 1, op(a, b)
+// setting a to a∘b lane by lane.
+func fold8(a VecVirtual, op func(a, b Register)) {
+	h := YMM()
+	VEXTRACTF128(U8(1), a, h.AsX())
+	op(a.AsX(), h.AsX())
+	VPERMILPS(U8(0x4e), a.AsX(), h.AsX()) // lanes 2,3,0,1
+	op(a.AsX(), h.AsX())
+	VPERMILPS(U8(0xb1), a.AsX(), h.AsX()) // lanes 1,0,3,2
+	op(a.AsX(), h.AsX())
+}

@@ -40,6 +40,7 @@ func main() {
 	expKernels()
 	attnKernels()
 	toHalf()
+	softmaxKernels()
 	Generate()
 }
 
