@@ -49,7 +49,7 @@ func AttnScoresF32(dst []float32, ld int, k, q []float32, group, hd, bs int) {
 		}
 		return
 	}
-	scoresGeneric(dst, ld, q, group, hd, bs, func(d int, row []float32) { copy(row, k[d*bs:(d+1)*bs]) })
+	scoresGeneric(dst, ld, k, q, group, hd, bs)
 }
 
 // AttnScoresF16 is AttnScoresF32 for keys stored as IEEE half floats.
@@ -68,12 +68,8 @@ func AttnScoresF16(dst []float32, ld int, k []uint16, q []float32, group, hd, bs
 		}
 		return
 	}
-	t := f16Table()
-	scoresGeneric(dst, ld, q, group, hd, bs, func(d int, row []float32) {
-		for s, x := range k[d*bs : (d+1)*bs] {
-			row[s] = t[x]
-		}
-	})
+	var buf [attnBuf]float32
+	scoresGeneric(dst, ld, widen(k[:hd*bs], &buf), q, group, hd, bs)
 }
 
 // AttnValuesF32 adds Σ_s a[h·ld+s]·v[s·hd+d], over the slots s < rows, to
@@ -96,7 +92,7 @@ func AttnValuesF32(out, v, a []float32, ld, group, hd, rows int) {
 		}
 		return
 	}
-	valuesGeneric(out, a, ld, group, hd, rows, func(s int, row []float32) { copy(row, v[s*hd:(s+1)*hd]) })
+	valuesGeneric(out, v, a, ld, group, hd, rows)
 }
 
 // AttnValuesF16 is AttnValuesF32 for values stored as IEEE half floats.
@@ -115,12 +111,8 @@ func AttnValuesF16(out []float32, v []uint16, a []float32, ld, group, hd, rows i
 		}
 		return
 	}
-	t := f16Table()
-	valuesGeneric(out, a, ld, group, hd, rows, func(s int, row []float32) {
-		for d, x := range v[s*hd : (s+1)*hd] {
-			row[d] = t[x]
-		}
-	})
+	var buf [attnBuf]float32
+	valuesGeneric(out, widen(v[:rows*hd], &buf), a, ld, group, hd, rows)
 }
 
 func checkScores(fn string, ndst, ld, nk, nq, group, hd, bs int) {
@@ -145,45 +137,76 @@ func checkValues(fn string, nout, nv, na, ld, group, hd, rows int) {
 	}
 }
 
-// scoresGeneric is the portable AttnScores: keyRow(d, row) fills row (bs
-// numbers) with dimension d of every slot.
-func scoresGeneric(dst []float32, ld int, q []float32, group, hd, bs int, keyRow func(d int, row []float32)) {
-	var buf [64]float32
-	row := buf[:]
-	if bs > len(buf) {
-		row = make([]float32, bs)
+// attnBuf is the stack buffer the portable half-float loops widen a
+// block into when it fits (hd·bs ≤ 2048: hd 128 with 16 slots).
+const attnBuf = 2048
+
+// widen returns h as float32, in buf when it fits.
+func widen(h []uint16, buf *[attnBuf]float32) []float32 {
+	f := buf[:0]
+	if len(h) > len(buf) {
+		f = make([]float32, 0, len(h))
 	}
-	row = row[:bs]
+	t := f16Table()
+	for _, x := range h {
+		f = append(f, t[x])
+	}
+	return f
+}
+
+// scoresGeneric is the portable AttnScores: each score sums its products
+// over d in order, four slots at a time in registers.
+func scoresGeneric(dst []float32, ld int, k, q []float32, group, hd, bs int) {
+	k = k[:hd*bs]
 	for h := range group {
-		clear(dst[h*ld : h*ld+bs])
-	}
-	for d := range hd {
-		keyRow(d, row)
-		for h := range group {
-			qd, o := q[h*hd+d], dst[h*ld:h*ld+bs]
-			for s, x := range row {
-				o[s] += qd * x
+		qh, o := q[h*hd:(h+1)*hd], dst[h*ld:h*ld+bs]
+		s := 0
+		for ; s+4 <= bs; s += 4 {
+			var a0, a1, a2, a3 float32
+			for d, qd := range qh {
+				kd := k[d*bs+s : d*bs+s+4 : d*bs+s+4]
+				a0 += qd * kd[0]
+				a1 += qd * kd[1]
+				a2 += qd * kd[2]
+				a3 += qd * kd[3]
 			}
+			o[s], o[s+1], o[s+2], o[s+3] = a0, a1, a2, a3
+		}
+		for ; s < bs; s++ {
+			var a float32
+			for d, qd := range qh {
+				a += qd * k[d*bs+s]
+			}
+			o[s] = a
 		}
 	}
 }
 
-// valuesGeneric is the portable AttnValues: valueRow(s, row) fills row (hd
-// numbers) with slot s's values.
-func valuesGeneric(out, a []float32, ld, group, hd, rows int, valueRow func(s int, row []float32)) {
-	var buf [256]float32
-	row := buf[:]
-	if hd > len(buf) {
-		row = make([]float32, hd)
-	}
-	row = row[:hd]
-	for s := range rows {
-		valueRow(s, row)
-		for h := range group {
-			w, o := a[h*ld+s], out[h*hd:(h+1)*hd]
-			for d, x := range row {
-				o[d] += w * x
+// valuesGeneric is the portable AttnValues: each output adds its products
+// over the slots in order, four dimensions at a time in registers.
+func valuesGeneric(out, v, a []float32, ld, group, hd, rows int) {
+	v = v[:rows*hd]
+	for h := range group {
+		ah, oh := a[h*ld:h*ld+rows], out[h*hd:(h+1)*hd]
+		d := 0
+		for ; d+4 <= hd; d += 4 {
+			o := oh[d : d+4 : d+4]
+			a0, a1, a2, a3 := o[0], o[1], o[2], o[3]
+			for s, w := range ah {
+				vs := v[s*hd+d : s*hd+d+4 : s*hd+d+4]
+				a0 += w * vs[0]
+				a1 += w * vs[1]
+				a2 += w * vs[2]
+				a3 += w * vs[3]
 			}
+			o[0], o[1], o[2], o[3] = a0, a1, a2, a3
+		}
+		for ; d < hd; d++ {
+			acc := oh[d]
+			for s, w := range ah {
+				acc += w * v[s*hd+d]
+			}
+			oh[d] = acc
 		}
 	}
 }
