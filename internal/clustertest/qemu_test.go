@@ -144,8 +144,9 @@ func TestQemuCluster(t *testing.T) {
 // TestQemuKernels runs internal/kernels' own tests, cross-compiled for each
 // foreign release architecture, under qemu user-mode emulation. Those
 // architectures have no assembly kernels, so this checks the portable Go
-// kernels as arm64 and riscv64 execute them (the engine does not call
-// internal/kernels yet, so TestQemuCluster does not reach them).
+// kernels as arm64 and riscv64 execute them, all of them and at every
+// size the tests take (TestQemuCluster reaches only those the demo
+// model's forward pass calls).
 func TestQemuKernels(t *testing.T) {
 	root := testdata.Root(t)
 	for _, arch := range ReleaseArches {
