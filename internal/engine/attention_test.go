@@ -11,20 +11,20 @@ import (
 )
 
 // attentionSetup loads a one-layer GQA model (8 query heads sharing 2 KV
-// heads of 64) with a KV cache of kvType and fills a batch of n rows, each
-// a sequence of its own at position pos, with random queries and cached
-// keys and values.
-func attentionSetup(t testing.TB, n, pos int, kvType string) (*Model, *batch) {
+// heads of 64) with a KV cache of kvType in blocks of bs positions (0: the
+// default) and fills a batch of n rows, each a sequence of its own at
+// position pos, with random queries and cached keys and values.
+func attentionSetup(t testing.TB, n, pos int, kvType string, bs int) (*Model, *batch) {
 	sm := writeSynthetic(t, synthConfig{arch: "llama", dim: 512, hidden: 64, layers: 1, heads: 8, kvHeads: 2,
 		vocab: 64, ctx: 2048, ropeBase: 10000, seed: 3})
-	m, err := Load(sm.path, Options{Threads: 2, KVType: kvType})
+	m, err := Load(sm.path, Options{Threads: 2, KVType: kvType, BlockSize: bs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
 	r := rand.New(rand.NewPCG(5, 6))
 	b := &batch{}
-	bs := m.cache.BlockSize()
+	bs = m.cache.BlockSize()
 	for range n {
 		kv := m.cache.NewSeq()
 		if err := kv.Reserve(pos + 1); err != nil {
@@ -93,16 +93,20 @@ func attendHeadReference(m *Model, b *batch, li, i, h int, att, out []float32) {
 
 func TestAttentionGroupsMatchHeads(t *testing.T) {
 	for _, kvType := range []string{"f32", "f16"} {
-		checkAttention(t, 3, 40, kvType)
+		// The assembly reads blocks of 16; other sizes take the
+		// portable loops.
+		for _, bs := range []int{0, 8, 32} {
+			checkAttention(t, 3, 40, kvType, bs)
+		}
 	}
 }
 
 // checkAttention runs the grouped attention of n rows at position pos with
 // a KV cache of kvType and compares every head with attendHeadReference
 // (which reads the same stored numbers).
-func checkAttention(t *testing.T, n, pos int, kvType string) {
+func checkAttention(t *testing.T, n, pos int, kvType string, bs int) {
 	t.Helper()
-	m, b := attentionSetup(t, n, pos, kvType)
+	m, b := attentionSetup(t, n, pos, kvType, bs)
 	m.attention(b, 0)
 	hd, qDim := m.hp.HeadDim, m.hp.QDim()
 	att, want := make([]float32, pos+1), make([]float32, hd)
@@ -112,7 +116,7 @@ func checkAttention(t *testing.T, n, pos int, kvType string) {
 			got := b.ao[i*qDim+h*hd : i*qDim+(h+1)*hd]
 			for d := range want {
 				if math.Abs(float64(got[d]-want[d])) > 1e-5 {
-					t.Fatalf("%s KV, pos %d row %d head %d [%d]: got %v, want %v", kvType, pos, i, h, d, got[d], want[d])
+					t.Fatalf("%s KV, blocks of %d, pos %d row %d head %d [%d]: got %v, want %v", kvType, m.cache.BlockSize(), pos, i, h, d, got[d], want[d])
 				}
 			}
 		}
@@ -145,7 +149,7 @@ func kvFloats(m *Model, blk *kvcache.Block, li int, keys bool) []float32 {
 // alternately within every iteration, so that a noisy machine slows both
 // alike; the metrics are each one's time per step of one layer.
 func BenchmarkAttention(b *testing.B) {
-	m, bt := attentionSetup(b, 8, 512, "f32") // the reference reads float32 as it is
+	m, bt := attentionSetup(b, 8, 512, "f32", 0) // the reference reads float32 as it is
 	m.threads = 1
 	att, out := make([]float32, 513), make([]float32, m.hp.HeadDim)
 	var perHead, grouped time.Duration
