@@ -415,17 +415,8 @@ func rope(x []float32, hd int, style arch.RopeStyle, cos, sin []float32) {
 	}
 }
 
-// rmsNorm sets out = x / rms(x) * w. out may be x. The sum of squares
-// takes four running sums, as dotF32 does.
-func rmsNorm(out, x, w []float32, eps float32) {
-	ss := dotF32(x, x)
-	ss = ss/float32(len(x)) + eps
-	inv := float32(1 / math.Sqrt(float64(ss)))
-	out, w = out[:len(x)], w[:len(x)]
-	for i, v := range x {
-		out[i] = w[i] * (inv * v)
-	}
-}
+// rmsNorm sets out = x / rms(x) * w (kernels.RMSNorm). out may be x.
+func rmsNorm(out, x, w []float32, eps float32) { kernels.RMSNorm(out, x, w, eps) }
 
 // add sets dst += src, element by element.
 func add(dst, src []float32) {
@@ -461,25 +452,6 @@ func (m *Model) split(n, minChunk int, fn func(lo, hi int)) {
 		return
 	}
 	m.pool.For(n, (n+workers-1)/workers, fn)
-}
-
-// dotF32 sums with four accumulators, which lets the CPU overlap the
-// additions (about twice as fast as one running sum in pure Go).
-func dotF32(w, x []float32) float32 {
-	x = x[:len(w)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(w); i += 4 {
-		w4, x4 := w[i:i+4:i+4], x[i:i+4:i+4]
-		s0 += w4[0] * x4[0]
-		s1 += w4[1] * x4[1]
-		s2 += w4[2] * x4[2]
-		s3 += w4[3] * x4[3]
-	}
-	for ; i < len(w); i++ {
-		s0 += w[i] * x[i]
-	}
-	return (s0 + s1) + (s2 + s3)
 }
 
 // swiglu sets h = silu(h)·u, silu(g) = g/(1+e^-g), element by element,

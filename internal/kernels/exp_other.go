@@ -11,3 +11,7 @@ func swigluAsm(h, u []float32) { swigluGeneric(h, u) }
 func maxF32AVX2(x *float32, n int) float32               { panic("kernels: no assembly here") }
 func sumF32AVX2(x *float32, n int) float32               { panic("kernels: no assembly here") }
 func shiftScaleAVX2(x *float32, n int, sub, mul float32) { panic("kernels: no assembly here") }
+func sumSqF32AVX2(x *float32, n int) float32             { panic("kernels: no assembly here") }
+func normScaleAVX2(out *float32, x *float32, w *float32, n int, inv float32) {
+	panic("kernels: no assembly here")
+}

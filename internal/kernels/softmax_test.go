@@ -64,3 +64,43 @@ func TestSoftmax(t *testing.T) {
 	}
 	Softmax(nil, 1) // nothing to do
 }
+
+// TestRMSNorm checks RMSNorm against float64 arithmetic, and the assembly
+// passes against the portable ones bit for bit.
+func TestRMSNorm(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	defer active.Store(active.Load())
+	for _, n := range []int{1, 7, 8, 15, 64, 2048, 5632} {
+		x, w := randomVec(r, n), randomVec(r, n)
+		const eps = 1e-5
+		var got [2][]float32
+		for k, generic := range []bool{true, false} {
+			SetGeneric(generic)
+			got[k] = make([]float32, n+1)
+			got[k][n] = 42
+			RMSNorm(got[k], x, w, eps)
+			if got[k][n] != 42 {
+				t.Fatalf("n=%d: wrote past len(x)", n)
+			}
+		}
+		if Implementation() != "generic" {
+			for i := range n {
+				if math.Float32bits(got[0][i]) != math.Float32bits(got[1][i]) {
+					t.Fatalf("n=%d: [%d] generic %v, assembly %v", n, i, got[0][i], got[1][i])
+				}
+			}
+		}
+		var ss float64
+		for _, v := range x {
+			ss += float64(v) * float64(v)
+		}
+		inv := 1 / math.Sqrt(ss/float64(n)+eps)
+		for i := range n {
+			want := float64(w[i]) * float64(x[i]) * inv
+			if d := math.Abs(float64(got[1][i]) - want); d > 1e-5*math.Abs(want)+1e-7 {
+				t.Fatalf("n=%d: [%d] = %v, want %v", n, i, got[1][i], want)
+			}
+		}
+	}
+	RMSNorm(nil, nil, nil, 1e-5) // nothing to do
+}

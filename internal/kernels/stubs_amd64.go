@@ -372,3 +372,13 @@ func sumF32AVX2(x *float32, n int) float32
 //
 //go:noescape
 func shiftScaleAVX2(x *float32, n int, sub float32, mul float32)
+
+// sumSqF32AVX2 returns Σ x[i]² over x[:n] in softmax.go's lanes8 order.
+//
+//go:noescape
+func sumSqF32AVX2(x *float32, n int) float32
+
+// normScaleAVX2 sets out[i] = w[i]·(inv·x[i]) for i < n.
+//
+//go:noescape
+func normScaleAVX2(out *float32, x *float32, w *float32, n int, inv float32)

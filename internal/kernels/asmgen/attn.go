@@ -284,3 +284,52 @@ func fold8(a VecVirtual, op func(a, b Register)) {
 	VPERMILPS(U8(0xb1), a.AsX(), h.AsX()) // lanes 1,0,3,2
 	op(a.AsX(), h.AsX())
 }
+
+// normKernels emits the passes of RMSNorm (softmax.go): the sum of
+// squares in eight lanes (a VMULPS and a VADDPS, not an FMA, as the
+// portable loop rounds), and out = w·(inv·x).
+func normKernels() {
+	TEXT("sumSqF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
+	Pragma("noescape")
+	Doc("sumSqF32AVX2 returns Σ x[i]² over x[:n] in softmax.go's lanes8 order.")
+	x, n := GP64(), GP64()
+	Load(Param("x"), x)
+	Load(Param("n"), n)
+	s := YMM()
+	VXORPS(s, s, s)
+	Label("sumsqloop")
+	v := YMM()
+	VMOVUPS(Mem{Base: x}, v)
+	VMULPS(v, v, v)
+	VADDPS(v, s, s)
+	ADDQ(U8(32), x)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef("sumsqloop"))
+	fold8(s, func(a, b Register) { VADDPS(b, a, a) })
+	Store(s.AsX(), ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+
+	TEXT("normScaleAVX2", NOSPLIT, "func(out *float32, x *float32, w *float32, n int, inv float32)")
+	Pragma("noescape")
+	Doc("normScaleAVX2 sets out[i] = w[i]·(inv·x[i]) for i < n.")
+	out, x2, w, n2 := GP64(), GP64(), GP64(), GP64()
+	Load(Param("out"), out)
+	Load(Param("x"), x2)
+	Load(Param("w"), w)
+	Load(Param("n"), n2)
+	iv := YMM()
+	VBROADCASTSS(NewParamAddr("inv", 32), iv)
+	Label("normloop")
+	t := YMM()
+	VMULPS(Mem{Base: x2}, iv, t)
+	VMULPS(Mem{Base: w}, t, t)
+	VMOVUPS(t, Mem{Base: out})
+	ADDQ(U8(32), out)
+	ADDQ(U8(32), x2)
+	ADDQ(U8(32), w)
+	SUBQ(U8(8), n2)
+	JNZ(LabelRef("normloop"))
+	VZEROUPPER()
+	RET()
+}

@@ -41,6 +41,7 @@ func main() {
 	attnKernels()
 	toHalf()
 	softmaxKernels()
+	normKernels()
 	Generate()
 }
 
