@@ -40,13 +40,8 @@ func AttnScoresF32(dst []float32, ld int, k, q []float32, group, hd, bs int) {
 		return
 	}
 	if a := active.Load().attn; a != nil && bs == attnBlock {
-		h := 0
-		for ; h+4 <= group; h += 4 {
-			a.scoresF32x4(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
-		}
-		for ; h < group; h++ {
-			a.scoresF32x1(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
-		}
+		byFour(group, func(h int) { a.scoresF32x4(&dst[h*ld], ld, &k[0], &q[h*hd], hd) },
+			func(h int) { a.scoresF32x1(&dst[h*ld], ld, &k[0], &q[h*hd], hd) })
 		return
 	}
 	scoresGeneric(dst, ld, k, q, group, hd, bs)
@@ -59,13 +54,8 @@ func AttnScoresF16(dst []float32, ld int, k []uint16, q []float32, group, hd, bs
 		return
 	}
 	if a := active.Load().attn; a != nil && bs == attnBlock {
-		h := 0
-		for ; h+4 <= group; h += 4 {
-			a.scoresF16x4(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
-		}
-		for ; h < group; h++ {
-			a.scoresF16x1(&dst[h*ld], ld, &k[0], &q[h*hd], hd)
-		}
+		byFour(group, func(h int) { a.scoresF16x4(&dst[h*ld], ld, &k[0], &q[h*hd], hd) },
+			func(h int) { a.scoresF16x1(&dst[h*ld], ld, &k[0], &q[h*hd], hd) })
 		return
 	}
 	var buf [attnBuf]float32
@@ -83,13 +73,8 @@ func AttnValuesF32(out, v, a []float32, ld, group, hd, rows int) {
 		return
 	}
 	if as := active.Load().attn; as != nil && hd%16 == 0 {
-		h := 0
-		for ; h+4 <= group; h += 4 {
-			as.valuesF32x4(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
-		}
-		for ; h < group; h++ {
-			as.valuesF32x1(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
-		}
+		byFour(group, func(h int) { as.valuesF32x4(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows) },
+			func(h int) { as.valuesF32x1(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows) })
 		return
 	}
 	valuesGeneric(out, v, a, ld, group, hd, rows)
@@ -102,17 +87,24 @@ func AttnValuesF16(out []float32, v []uint16, a []float32, ld, group, hd, rows i
 		return
 	}
 	if as := active.Load().attn; as != nil && hd%16 == 0 {
-		h := 0
-		for ; h+4 <= group; h += 4 {
-			as.valuesF16x4(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
-		}
-		for ; h < group; h++ {
-			as.valuesF16x1(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows)
-		}
+		byFour(group, func(h int) { as.valuesF16x4(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows) },
+			func(h int) { as.valuesF16x1(&out[h*hd], &v[0], &a[h*ld], ld, hd, rows) })
 		return
 	}
 	var buf [attnBuf]float32
 	valuesGeneric(out, widen(v[:rows*hd], &buf), a, ld, group, hd, rows)
+}
+
+// byFour runs four(h) for the query heads h, h+1, h+2, h+3 while four
+// are left, then one(h) for each of the rest.
+func byFour(group int, four, one func(h int)) {
+	h := 0
+	for ; h+4 <= group; h += 4 {
+		four(h)
+	}
+	for ; h < group; h++ {
+		one(h)
+	}
 }
 
 func checkScores(fn string, ndst, ld, nk, nq, group, hd, bs int) {

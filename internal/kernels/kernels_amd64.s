@@ -6552,12 +6552,12 @@ TEXT ·maxF32AVX2(SB), NOSPLIT, $0-20
 	MOVQ         n+8(FP), CX
 	VBROADCASTSS (AX), Y0
 
-maxloop:
+maxF32AVX2_loop:
 	VMOVUPS      (AX), Y1
 	VMAXPS       Y0, Y1, Y0
 	ADDQ         $0x20, AX
 	SUBQ         $0x08, CX
-	JNZ          maxloop
+	JNZ          maxF32AVX2_loop
 	VEXTRACTF128 $0x01, Y0, X1
 	VMAXPS       X0, X1, X0
 	VPERMILPS    $0x4e, X0, X1
@@ -6575,11 +6575,11 @@ TEXT ·sumF32AVX2(SB), NOSPLIT, $0-20
 	MOVQ   n+8(FP), CX
 	VXORPS Y0, Y0, Y0
 
-sumloop:
+sumF32AVX2_loop:
 	VADDPS       (AX), Y0, Y0
 	ADDQ         $0x20, AX
 	SUBQ         $0x08, CX
-	JNZ          sumloop
+	JNZ          sumF32AVX2_loop
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VPERMILPS    $0x4e, X0, X1
@@ -6616,13 +6616,13 @@ TEXT ·sumSqF32AVX2(SB), NOSPLIT, $0-20
 	MOVQ   n+8(FP), CX
 	VXORPS Y0, Y0, Y0
 
-sumsqloop:
+sumSqF32AVX2_loop:
 	VMOVUPS      (AX), Y1
 	VMULPS       Y1, Y1, Y1
 	VADDPS       Y1, Y0, Y0
 	ADDQ         $0x20, AX
 	SUBQ         $0x08, CX
-	JNZ          sumsqloop
+	JNZ          sumSqF32AVX2_loop
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VPERMILPS    $0x4e, X0, X1

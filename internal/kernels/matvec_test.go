@@ -221,11 +221,8 @@ func TestPool(t *testing.T) {
 						hits[i].Add(1)
 					}
 				})
-				for i := range hits {
-					if h := hits[i].Load(); h != 1 {
-						t.Errorf("n=%d: index %d ran %d times", n, i, h)
-						return
-					}
+				if !onceEach(t, hits) {
+					return
 				}
 			}
 		})
@@ -375,6 +372,19 @@ func TestEnvForcesGeneric(t *testing.T) {
 
 // TestPoolEqualsSerial: products large enough to be split over a pool
 // (above serialBytes) give the same bits as on the caller alone.
+// onceEach reports whether every index of a loop over len(hits) ran once,
+// failing t if not.
+func onceEach(t *testing.T, hits []atomic.Int32) bool {
+	t.Helper()
+	for i := range hits {
+		if h := hits[i].Load(); h != 1 {
+			t.Errorf("n=%d: index %d ran %d times", len(hits), i, h)
+			return false
+		}
+	}
+	return true
+}
+
 // TestPoolGuided checks ForGuided's chunks: every index once, each chunk
 // starting at a multiple of unit, at least least long but for the last,
 // and never longer than the chunk before it, from concurrent callers.
@@ -398,11 +408,8 @@ func TestPoolGuided(t *testing.T) {
 						hits[i].Add(1)
 					}
 				})
-				for i := range hits {
-					if h := hits[i].Load(); h != 1 {
-						t.Errorf("n=%d: index %d ran %d times", n, i, h)
-						return
-					}
+				if !onceEach(t, hits) {
+					return
 				}
 				prev := n + 1
 				for lo := 0; lo < n; lo = chunks[lo] {

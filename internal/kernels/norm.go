@@ -14,23 +14,15 @@ func RMSNorm(out, x, w []float32, eps float32) {
 		return
 	}
 	out, w = out[:n], w[:n]
-	asm := active.Load() != genericImpl
 	m := n &^ 7
-	var ss float32
-	if m > 0 {
-		if asm {
-			ss = sumSqF32AVX2(&x[0], m)
-		} else {
-			ss = sumSqGeneric(x[:m])
-		}
-	}
+	ss, _ := whole8(x, sumSqF32AVX2, sumSqGeneric)
 	for _, v := range x[m:] {
 		ss += v * v
 	}
 	ss = ss/float32(n) + eps
 	inv := float32(1 / math.Sqrt(float64(ss)))
 	i := 0
-	if m > 0 && asm {
+	if m > 0 && active.Load() != genericImpl {
 		normScaleAVX2(&out[0], &x[0], &w[0], m, inv)
 		i = m
 	}

@@ -4,40 +4,28 @@ package kernels
 // their sum. The maximum and the sum are taken in eight lanes, x[8i+j] in
 // lane j, folded as lanes8 says, and the rest past the last multiple of
 // eight after that, so the assembly passes (amd64) and the portable loops
-// give the same bits. A NaN in x[0] makes every result NaN; a later one
-// only its own.
+// give the same bits. A NaN anywhere makes every result NaN (through the
+// sum).
 func Softmax(x []float32, scale float32) {
 	if len(x) == 0 {
 		return
 	}
-	asm := active.Load() != genericImpl
 	m := len(x) &^ 7
 	mx := x[0]
-	if m > 0 {
-		if asm {
-			mx = maxF32AVX2(&x[0], m)
-		} else {
-			mx = maxGeneric(x[:m])
-		}
+	if v, ok := whole8(x, maxF32AVX2, maxGeneric); ok {
+		mx = v
 	}
 	for _, v := range x[m:] {
 		mx = maxRule(v, mx)
 	}
-	if m > 0 && asm {
+	if m > 0 && active.Load() != genericImpl {
 		shiftScaleAVX2(&x[0], m, mx, scale)
 	} else {
 		shiftScaleGeneric(x[:m], mx, scale)
 	}
 	shiftScaleGeneric(x[m:], mx, scale)
 	Exp(x)
-	var sum float32
-	if m > 0 {
-		if asm {
-			sum = sumF32AVX2(&x[0], m)
-		} else {
-			sum = sumGeneric(x[:m])
-		}
-	}
+	sum, _ := whole8(x, sumF32AVX2, sumGeneric)
 	for _, v := range x[m:] {
 		sum += v
 	}
@@ -45,6 +33,21 @@ func Softmax(x []float32, scale float32) {
 	for i := range x {
 		x[i] *= inv
 	}
+}
+
+// whole8 reduces the whole eights of x (len(x)&^7 floats) in eight lanes:
+// with the assembly pass when the assembly kernels are active, else with
+// its portable twin. ok is false, and the result 0, when x has fewer than
+// eight.
+func whole8(x []float32, asm func(*float32, int) float32, generic func([]float32) float32) (r float32, ok bool) {
+	m := len(x) &^ 7
+	if m == 0 {
+		return 0, false
+	}
+	if active.Load() != genericImpl {
+		return asm(&x[0], m), true
+	}
+	return generic(x[:m]), true
 }
 
 // maxRule is VMAXPS's maximum: v if v > m, else m (so m if either is NaN).

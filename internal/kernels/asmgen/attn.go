@@ -209,58 +209,32 @@ func toHalf() {
 // portable twin, in the same order, so the results are the same bits.
 func softmaxKernels() {
 	// maxF32AVX2: the lanes start at x[0]; lane j takes max(x[8i+j], m)
-	// with VMAXPS's rule (a NaN x leaves m), then the lanes fold as
-	// lanes8.
-	TEXT("maxF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
-	Pragma("noescape")
-	Doc("maxF32AVX2 returns the largest of x[:n] as softmax.go's maxGeneric does.")
-	x, n := GP64(), GP64()
-	Load(Param("x"), x)
-	Load(Param("n"), n)
-	m := YMM()
-	VBROADCASTSS(Mem{Base: x}, m)
-	Label("maxloop")
-	v := YMM()
-	VMOVUPS(Mem{Base: x}, v)
-	VMAXPS(m, v, m) // m = v > m ? v : m, and m if either is NaN
-	ADDQ(U8(32), x)
-	SUBQ(U8(8), n)
-	JNZ(LabelRef("maxloop"))
-	fold8(m, func(a, b Register) { VMAXPS(a, b, a) })
-	Store(m.AsX(), ReturnIndex(0))
-	VZEROUPPER()
-	RET()
-
-	TEXT("sumF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
-	Pragma("noescape")
-	Doc("sumF32AVX2 returns the sum of x[:n] in softmax.go's lanes8 order.")
-	x, n = GP64(), GP64()
-	Load(Param("x"), x)
-	Load(Param("n"), n)
-	s := YMM()
-	VXORPS(s, s, s)
-	Label("sumloop")
-	VADDPS(Mem{Base: x}, s, s)
-	ADDQ(U8(32), x)
-	SUBQ(U8(8), n)
-	JNZ(LabelRef("sumloop"))
-	fold8(s, func(a, b Register) { VADDPS(b, a, a) })
-	Store(s.AsX(), ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	// with VMAXPS's rule (m = v > m ? v : m, so m if either is NaN).
+	lanesKernel("maxF32AVX2", "returns the largest of x[:n] as softmax.go's maxGeneric does",
+		func(x GPVirtual, m VecVirtual) { VBROADCASTSS(Mem{Base: x}, m) },
+		func(x GPVirtual, m VecVirtual) {
+			v := YMM()
+			VMOVUPS(Mem{Base: x}, v)
+			VMAXPS(m, v, m)
+		},
+		func(a, b Register) { VMAXPS(a, b, a) })
+	lanesKernel("sumF32AVX2", "returns the sum of x[:n] in softmax.go's lanes8 order",
+		func(_ GPVirtual, s VecVirtual) { VXORPS(s, s, s) },
+		func(x GPVirtual, s VecVirtual) { VADDPS(Mem{Base: x}, s, s) },
+		func(a, b Register) { VADDPS(b, a, a) })
 
 	// shiftScaleAVX2: x[i] = (x[i] − sub)·mul.
 	TEXT("shiftScaleAVX2", NOSPLIT, "func(x *float32, n int, sub float32, mul float32)")
 	Pragma("noescape")
 	Doc("shiftScaleAVX2 sets x[i] = (x[i]−sub)·mul for i < n.")
-	x, n = GP64(), GP64()
+	x, n := GP64(), GP64()
 	Load(Param("x"), x)
 	Load(Param("n"), n)
 	sb, ml := YMM(), YMM()
 	VBROADCASTSS(NewParamAddr("sub", 16), sb)
 	VBROADCASTSS(NewParamAddr("mul", 20), ml)
 	Label("shiftloop")
-	v = YMM()
+	v := YMM()
 	VMOVUPS(Mem{Base: x}, v)
 	VSUBPS(sb, v, v)
 	VMULPS(ml, v, v)
@@ -268,6 +242,30 @@ func softmaxKernels() {
 	ADDQ(U8(32), x)
 	SUBQ(U8(8), n)
 	JNZ(LabelRef("shiftloop"))
+	VZEROUPPER()
+	RET()
+}
+
+// lanesKernel emits name(x *float32, n int) float32 over n floats (a
+// multiple of 8, at least 8): init sets the eight lanes, step takes the
+// next eight floats at x into them, and the lanes fold into the result as
+// fold8 does with op.
+func lanesKernel(name, doc string, init, step func(x GPVirtual, acc VecVirtual), op func(a, b Register)) {
+	TEXT(name, NOSPLIT, "func(x *float32, n int) float32")
+	Pragma("noescape")
+	Doc(name + " " + doc + ".")
+	x, n := GP64(), GP64()
+	Load(Param("x"), x)
+	Load(Param("n"), n)
+	acc := YMM()
+	init(x, acc)
+	Label(name + "_loop")
+	step(x, acc)
+	ADDQ(U8(32), x)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef(name + "_loop"))
+	fold8(acc, op)
+	Store(acc.AsX(), ReturnIndex(0))
 	VZEROUPPER()
 	RET()
 }
@@ -285,30 +283,19 @@ func fold8(a VecVirtual, op func(a, b Register)) {
 	op(a.AsX(), h.AsX())
 }
 
-// normKernels emits the passes of RMSNorm (softmax.go): the sum of
-// squares in eight lanes (a VMULPS and a VADDPS, not an FMA, as the
-// portable loop rounds), and out = w·(inv·x).
+// normKernels emits the passes of RMSNorm (norm.go): the sum of squares
+// in eight lanes, and out = w·(inv·x).
 func normKernels() {
-	TEXT("sumSqF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
-	Pragma("noescape")
-	Doc("sumSqF32AVX2 returns Σ x[i]² over x[:n] in softmax.go's lanes8 order.")
-	x, n := GP64(), GP64()
-	Load(Param("x"), x)
-	Load(Param("n"), n)
-	s := YMM()
-	VXORPS(s, s, s)
-	Label("sumsqloop")
-	v := YMM()
-	VMOVUPS(Mem{Base: x}, v)
-	VMULPS(v, v, v)
-	VADDPS(v, s, s)
-	ADDQ(U8(32), x)
-	SUBQ(U8(8), n)
-	JNZ(LabelRef("sumsqloop"))
-	fold8(s, func(a, b Register) { VADDPS(b, a, a) })
-	Store(s.AsX(), ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	// A VMULPS and a VADDPS, not an FMA, as the portable loop rounds.
+	lanesKernel("sumSqF32AVX2", "returns Σ x[i]² over x[:n] in softmax.go's lanes8 order",
+		func(_ GPVirtual, s VecVirtual) { VXORPS(s, s, s) },
+		func(x GPVirtual, s VecVirtual) {
+			v := YMM()
+			VMOVUPS(Mem{Base: x}, v)
+			VMULPS(v, v, v)
+			VADDPS(v, s, s)
+		},
+		func(a, b Register) { VADDPS(b, a, a) })
 
 	TEXT("normScaleAVX2", NOSPLIT, "func(out *float32, x *float32, w *float32, n int, inv float32)")
 	Pragma("noescape")
