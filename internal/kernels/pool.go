@@ -210,7 +210,7 @@ func (p *Pool) For(n, grain int, fn func(lo, hi int)) {
 // ForGuided is For with chunks that shrink as the work runs out: each
 // takes 1/(2·threads) of the rows left, at least least rows, and starts at
 // a multiple of unit (each chunk but the last is a multiple of unit
-// long). The products use it: the threads read long runs of rows at
+// long). The packed products use it: the threads read long runs of rows at
 // first, and the last chunks are small, so that no thread waits long for
 // the others to finish theirs.
 func (p *Pool) ForGuided(n, unit, least int, fn func(lo, hi int)) {
