@@ -11,9 +11,10 @@ import "fmt"
 //   - values as they come, bs rows of hd (v[s·hd+d]), so that the output
 //     is summed a slot at a time, the same way.
 //
-// On amd64 the blocks of 16 slots (the engine's default) and head
-// dimensions that are multiples of 16 run in assembly, four query heads
-// at a time; other shapes, and other platforms, run the portable loops. A
+// On amd64 the scores of blocks of 16 slots (the engine's default) and
+// the values of head dimensions that are multiples of 16 run in assembly,
+// four query heads at a time; other shapes, and other platforms, run the
+// portable loops. A
 // head's result is computed by the same operations whatever the group,
 // so it does not depend on the other heads.
 

@@ -4,10 +4,9 @@ import "math"
 
 // RMSNorm sets out[i] = w[i]·(x[i]/rms(x)), rms(x) = sqrt(Σx²/n + eps),
 // with n = len(x); out and w must be at least as long as x, and out may
-// be x. The sum of
-// squares is taken in eight lanes (as Softmax's sum) and the rest in
-// order after them, so the assembly (amd64) and the portable loops give
-// the same bits.
+// be x. The sum of squares is taken in eight lanes (as Softmax's sum) and
+// the rest in order after them, so the assembly (amd64) and the portable
+// loops give the same bits.
 func RMSNorm(out, x, w []float32, eps float32) {
 	n := len(x)
 	if n == 0 {
