@@ -457,15 +457,3 @@ func (m *Model) split(n, minChunk int, fn func(lo, hi int)) {
 // swiglu sets h = silu(h)·u, silu(g) = g/(1+e^-g), element by element,
 // as g·u/(1+e^-g): kernels.SwiGLU (AVX2 on amd64, the same bits everywhere).
 func swiglu(h, u []float32) { kernels.SwiGLU(h, u) }
-
-// expf is e^x; see expInPlace.
-func expf(x float32) float32 {
-	a := [1]float32{x}
-	expInPlace(a[:])
-	return a[0]
-}
-
-// expInPlace sets each x[i] to e^x[i] with kernels.Exp (Cephes' expf,
-// within 2 ulp, the same bits on every platform), with results below
-// 2^-126 flushed to 0, above the largest float32 +Inf, and NaN kept.
-func expInPlace(x []float32) { kernels.Exp(x) }

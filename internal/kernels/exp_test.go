@@ -94,6 +94,39 @@ func TestExpSwiGLUBits(t *testing.T) {
 	t.Logf("kernel set %q: Exp and SwiGLU equal the portable Go bit for bit on %d values each", Implementation(), count)
 }
 
+// TestExpAccuracy checks Exp, with the kernel set in use, against
+// math.Exp: within 2 ulp over the normal range, 0 (or the subnormal
+// result, within 4 of its ulps) below it, +Inf above it.
+func TestExpAccuracy(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	x := make([]float32, 0, 4_000_020)
+	for range 2_000_000 {
+		x = append(x, r.Float32()*180-90, r.Float32()*2-1)
+	}
+	x = append(x, 0, -0, 1, -1, 88.7, 88.72, 88.7228, 88.72283, 89, 1000, -87.3, -87.33654, -87.4, -104, -1000,
+		float32(math.Inf(1)), float32(math.Inf(-1)), 0x1p-30, -0x1p-30)
+	got := append([]float32(nil), x...)
+	Exp(got)
+	for i, v := range x {
+		g, want := float64(got[i]), math.Exp(float64(v))
+		switch {
+		case want < 0x1p-126:
+			if g != 0 && math.Abs(g-want) > 0x1p-149*4 {
+				t.Fatalf("Exp(%v) = %v, want %v (or 0)", v, g, want)
+			}
+		case want > math.MaxFloat32:
+			if !math.IsInf(g, 1) {
+				t.Fatalf("Exp(%v) = %v, want +Inf", v, g)
+			}
+		default:
+			ulp := float64(math.Nextafter32(float32(want), float32(math.Inf(1)))) - float64(float32(want))
+			if d := math.Abs(g - want); d > 2*ulp {
+				t.Fatalf("Exp(%v) = %v, want %v (%.2f ulp)", v, g, want, d/ulp)
+			}
+		}
+	}
+}
+
 // TestExpSpecialValues pins the out-of-range results.
 func TestExpSpecialValues(t *testing.T) {
 	inf := float32(math.Inf(1))
